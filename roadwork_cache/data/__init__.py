@@ -1,0 +1,1 @@
+"""Readers of the inputs of stage one, metadata parsing and the synthetic data generator."""

@@ -1,0 +1,1 @@
+"""One module per command; each reads top to bottom and calls library functions."""

@@ -1,0 +1,270 @@
+"""`roadwork extract`: run the frozen backbone once over the 12 views of every image.
+
+Read top to bottom: open the source, load the backbone, open or create the cache, then for
+every shard not yet done: decode and cut views in DataLoader workers, run the backbone on
+all views of a batch of images in one forward, embed the scene descriptions, and write the
+whole shard. A shard already marked done is skipped, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.table import Table
+
+from roadwork_cache import __version__
+from roadwork_cache.backbone import FrozenBackbone, load_backbone
+from roadwork_cache.batching import view_loader
+from roadwork_cache.data.schema import Sample
+from roadwork_cache.data.sources import open_source
+from roadwork_cache.errors import UserError
+from roadwork_cache.progress import console, progress_bar
+from roadwork_cache.store import Cache, ShardRange
+from roadwork_cache.views import LAYOUT, N_VIEWS, VIEW_NAMES
+
+CLEAN_RECIPE = {"name": "clean", "version": 1, "ops": []}
+
+
+@dataclass
+class ExtractConfig:
+    source: str
+    cache: Path
+    backbone: str = "tiny"
+    weights: str | None = None
+    manifest: str | None = None
+    view_size: int | None = None
+    pool: str = "cls"
+    batch_size: int = 8  # images per forward; x12 views
+    workers: int | None = None
+    device: str = "auto"
+    shard_rows: int = 1024
+    chunk_rows: int = 16
+    limit: int | None = None
+    text: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ExtractSummary:
+    cache: Path
+    rows: int
+    shards_total: int
+    shards_done_now: int
+    ok: int = 0
+    errors: int = 0
+    error_reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    random_init: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def default_workers(device: torch.device) -> int:
+    cores = os.cpu_count() or 1
+    # On CPU the backbone needs the cores itself; on a GPU box decoding is the bottleneck.
+    return min(8 if device.type == "cuda" else 1, max(cores - 1, 0))
+
+
+def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> dict[str, Any]:
+    return {
+        "backbone": backbone.info,
+        "views": {"layout": LAYOUT, "n_views": N_VIEWS, "names": list(VIEW_NAMES),
+                  "view_size": backbone.info["view_size"]},
+        "variants": {"clean": CLEAN_RECIPE},
+        "text_model": "all-MiniLM-L6-v2" if cfg.text else None,
+        "source": source,
+        "tool_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def check_compatible(cache: Cache, backbone: FrozenBackbone, n_rows: int) -> None:
+    """A resumed cache must have been started with the same backbone and the same rows."""
+    have = cache.attrs
+    mine = backbone.info
+    for key in ("preset", "pool", "view_size", "state_sha256"):
+        if have["backbone"].get(key) != mine.get(key):
+            raise UserError(
+                f"cache {cache.root} was made with backbone {key} = {have['backbone'].get(key)}, "
+                f"not {mine.get(key)}; use a new --cache folder"
+            )
+    if have["n_rows"] != n_rows:
+        raise UserError(
+            f"cache {cache.root} holds {have['n_rows']} rows but the source gives {n_rows}; "
+            "use a new --cache folder"
+        )
+
+
+def sample_row(sample: Sample, width: int | None, height: int | None, error: str | None) -> dict:
+    return {
+        "id": sample.id,
+        "split": sample.split,
+        "label": sample.label,
+        "vid_id": sample.vid_id,
+        "gps_lat": sample.gps_lat,
+        "gps_lon": sample.gps_lon,
+        "city": sample.city,
+        "weather": sample.weather,
+        "daytime": sample.daytime,
+        "scene": sample.scene,
+        "alteration": sample.alteration,
+        "description": sample.description,
+        "width": width if width is not None else sample.width,
+        "height": height if height is not None else sample.height,
+        "source": sample.source,
+        "status": "error" if error else "ok",
+        "error": error,
+    }
+
+
+def extract_shard(
+    samples: list[Sample],
+    backbone: FrozenBackbone,
+    cfg: ExtractConfig,
+    workers: int,
+    advance,
+) -> tuple[np.ndarray, list[dict]]:
+    """Features float32 [n, V, D] (zeros for error rows) and the samples.parquet rows."""
+    feats = np.zeros((len(samples), N_VIEWS, backbone.feature_dim), dtype=np.float32)
+    rows: list[dict | None] = [None] * len(samples)
+    pin = backbone.device.type == "cuda"
+    loader = view_loader(samples, backbone.info["view_size"], cfg.batch_size, workers, pin)
+    for batch in loader:
+        if batch.indices:
+            b, v, s = batch.views.shape[:3]
+            out = backbone(batch.views.view(b * v, s, s, 3)).view(b, v, -1)
+            feats[batch.indices] = out.cpu().numpy()
+        for item in batch.items:
+            rows[item.index] = sample_row(samples[item.index], item.width, item.height, item.error)
+        advance(len(batch.items))
+    return feats, rows  # type: ignore[return-value]
+
+
+def run_extract(cfg: ExtractConfig) -> ExtractSummary:
+    reader = open_source(cfg.source, cfg.manifest)
+    n_rows = len(reader) if cfg.limit is None else min(cfg.limit, len(reader))
+    if n_rows == 0:
+        raise UserError(f"source {cfg.source} has no rows")
+    device = resolve_device(cfg.device)
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    console.print(f"source: {reader.describe()}; extracting {n_rows} rows on {device}")
+
+    backbone = load_backbone(
+        cfg.backbone, cfg.weights, pool=cfg.pool, view_size=cfg.view_size, device=device
+    )
+    if backbone.info.get("random_init"):
+        console.print("[yellow]warning: the tiny backbone has random weights: features "
+                      "demonstrate the machinery, not image understanding")
+
+    if (cfg.cache / "zarr.json").is_file():
+        cache = Cache.open(cfg.cache, mode="a")
+        check_compatible(cache, backbone, n_rows)
+    else:
+        cache = Cache.create(
+            cfg.cache, n_rows=n_rows, n_views=N_VIEWS, feature_dim=backbone.feature_dim,
+            attrs=cache_attrs(cfg, backbone, reader.describe()),
+            shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows,
+        )
+    cache.ensure_variant("clean")
+    text_encoder = None
+    if cfg.text:
+        from roadwork_cache.text import TextEncoder
+
+        text_encoder = TextEncoder(device=str(device))
+
+    shards = cache.shards()
+    done = (
+        cache.done_shards("features/clean") & cache.done_shards("text")
+        & cache.done_shards("samples")
+    )
+    todo = [s for s in shards if s.index not in done]
+    summary = ExtractSummary(cfg.cache, n_rows, len(shards), len(todo),
+                             random_init=bool(backbone.info.get("random_init")))
+    start = time.perf_counter()
+    images = 0
+    with progress_bar(disable=not cfg.progress) as bar:
+        task = bar.add_task("extract", total=sum(len(s) for s in todo), rate="")
+
+        def advance(n: int) -> None:
+            nonlocal images
+            images += n
+            rate = images / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, advance=n, rate=f"{rate:.1f} img/s")
+
+        for shard in todo:
+            write_shard(cache, shard, reader, backbone, text_encoder, cfg, workers, advance)
+
+    summary.seconds = time.perf_counter() - start
+    summary.images_per_s = images / summary.seconds if images else 0.0
+    cache.finalize()
+    statuses = cache.samples().select(["status", "error"]).to_pylist()
+    summary.ok = sum(r["status"] == "ok" for r in statuses)
+    summary.errors = len(statuses) - summary.ok
+    summary.error_reasons = Counter(r["error"] for r in statuses if r["error"])
+    return summary
+
+
+def write_shard(
+    cache: Cache,
+    shard: ShardRange,
+    reader,
+    backbone: FrozenBackbone,
+    text_encoder,
+    cfg: ExtractConfig,
+    workers: int,
+    advance,
+) -> None:
+    samples = list(reader.iter_samples(shard.start, shard.stop))
+    feats, rows = extract_shard(samples, backbone, cfg, workers, advance)
+    if text_encoder is not None:
+        text, mask = text_encoder.encode([s.description for s in samples])
+    else:
+        text = np.zeros((len(samples), 384), np.float32)
+        mask = np.zeros(len(samples), bool)
+    # Features and text first, sample rows last: the samples marker means "shard complete".
+    cache.write_features("clean", shard, feats)
+    cache.write_text(shard, text, mask)
+    cache.write_samples(shard, rows)
+
+
+def summary_table(summary: ExtractSummary) -> Table:
+    table = Table(title=f"extract: {summary.cache}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("rows", str(summary.rows))
+    table.add_row(
+        "shards written now / total", f"{summary.shards_done_now} / {summary.shards_total}"
+    )
+    table.add_row("ok", str(summary.ok))
+    table.add_row("errors", str(summary.errors))
+    for reason, count in summary.error_reasons.most_common(5):
+        table.add_row(f"  {reason}", str(count))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    table.add_row("images / s", f"{summary.images_per_s:.2f}")
+    if summary.random_init:
+        table.add_row("[yellow]backbone", "[yellow]random weights (tiny preset)")
+    return table
+
+
+def config_dict(cfg: ExtractConfig) -> dict[str, Any]:
+    out = asdict(cfg)
+    out["cache"] = str(cfg.cache)
+    return out

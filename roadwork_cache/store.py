@@ -1,0 +1,315 @@
+"""The feature cache: a Zarr v3 group plus `samples.parquet`. The only module that knows Zarr.
+
+Layout of a cache folder (DESIGN.md section 4):
+  zarr.json                 group attributes: format version, backbone, views, recipes, ...
+  features/<variant>/       float16 [N, V, D], chunks of a few rows, shards of `shard_rows`
+  text/, text_mask/         float16 [N, 384], bool [N]
+  samples.parquet           one row per image in cache order (written by `finalize`)
+  parts/samples-XXXXX.parquet   the rows of one shard, merged into samples.parquet
+  progress/<array>/XXXXX.done   a shard is done only once its marker exists
+
+A shard is the unit of writing and of resume: it is written whole (two writers into one
+Zarr shard lose data), and its marker is created atomically after the data, so a shard cut
+off half-written is never taken as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from roadwork_cache.errors import UserError
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "roadwork-cache"
+TEXT_DIM = 384
+SAMPLES_FILE = "samples.parquet"
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("label", pa.int8()),
+        ("vid_id", pa.string()),
+        ("gps_lat", pa.float64()),
+        ("gps_lon", pa.float64()),
+        ("city", pa.string()),
+        ("weather", pa.list_(pa.string())),
+        ("daytime", pa.string()),
+        ("scene", pa.string()),
+        ("alteration", pa.string()),
+        ("description", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("source", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    index: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def shard_ranges(n_rows: int, shard_rows: int) -> list[ShardRange]:
+    return [
+        ShardRange(i, start, min(start + shard_rows, n_rows))
+        for i, start in enumerate(range(0, n_rows, shard_rows))
+    ]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Cache:
+    """A handle on one cache folder."""
+
+    def __init__(self, root: Path, group: zarr.Group):
+        self.root = root
+        self.group = group
+
+    # ---- creation and opening -------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        *,
+        n_rows: int,
+        n_views: int,
+        feature_dim: int,
+        attrs: dict[str, Any],
+        shard_rows: int = 1024,
+        chunk_rows: int = 16,
+    ) -> Cache:
+        """Create an empty cache; refuses to overwrite a folder that is not empty."""
+        root = Path(root)
+        if root.exists() and any(root.iterdir()):
+            raise UserError(f"{root} exists and is not an empty cache folder")
+        if n_rows < 1:
+            raise UserError("a cache needs at least one row")
+        chunk_rows = max(1, min(chunk_rows, shard_rows))
+        shard_rows -= shard_rows % chunk_rows  # a shard holds a whole number of chunks
+        group = zarr.open_group(root, mode="w")
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "n_rows": n_rows,
+            "n_views": n_views,
+            "feature_dim": feature_dim,
+            "shard_rows": shard_rows,
+            "chunk_rows": chunk_rows,
+            "complete": False,
+            **attrs,
+        }
+        group.attrs.update(meta)
+        group.create_group("features")
+        cache = cls(root, group)
+        cache._create_array("text", (n_rows, TEXT_DIM), "float16")
+        cache._create_array("text_mask", (n_rows,), "bool")
+        return cache
+
+    @classmethod
+    def open(cls, root: str | Path, mode: str = "r") -> Cache:
+        """Open an existing cache and check its format, in one clear sentence if wrong."""
+        root = Path(root)
+        if not (root / "zarr.json").is_file():
+            raise UserError(f"{root} is not a roadwork cache (no zarr.json)")
+        try:
+            group = zarr.open_group(root, mode=mode)
+        except Exception as exc:
+            raise UserError(f"cannot open cache {root}: {exc}") from None
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT_NAME:
+            raise UserError(f"{root} is a Zarr group but not a roadwork cache")
+        version = attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"cache {root} has format version {version}, this tool reads version "
+                f"{FORMAT_VERSION}; re-run `roadwork extract` to rebuild it"
+            )
+        return cls(root, group)
+
+    def _create_array(self, path: str, shape: tuple[int, ...], dtype: str) -> None:
+        rest = shape[1:]
+        self.group.create_array(
+            path,
+            shape=shape,
+            dtype=dtype,
+            chunks=(self.attrs["chunk_rows"], *rest),
+            shards=(self.attrs["shard_rows"], *rest),
+            # float16 features barely compress; skipping the codec keeps full reads at disk
+            # speed (see bench/cache_io.py).
+            compressors=None,
+            fill_value=0,
+        )
+
+    # ---- attributes ------------------------------------------------------------------------
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    def update_attrs(self, **values: Any) -> None:
+        self.group.attrs.update(values)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.attrs["n_rows"])
+
+    def shards(self) -> list[ShardRange]:
+        return shard_ranges(self.n_rows, int(self.attrs["shard_rows"]))
+
+    # ---- variants --------------------------------------------------------------------------
+
+    def variants(self) -> list[str]:
+        return sorted(name for name, _ in self.group["features"].arrays())
+
+    def ensure_variant(self, name: str) -> None:
+        if name not in self.variants():
+            attrs = self.attrs
+            self._create_array(
+                f"features/{name}",
+                (attrs["n_rows"], attrs["n_views"], attrs["feature_dim"]),
+                "float16",
+            )
+
+    # ---- writing whole shards --------------------------------------------------------------
+
+    def _marker(self, array: str, shard: int) -> Path:
+        return self.root / "progress" / array / f"{shard:05d}.done"
+
+    def done_shards(self, array: str) -> set[int]:
+        folder = self.root / "progress" / array
+        if not folder.is_dir():
+            return set()
+        return {int(p.stem) for p in folder.glob("*.done")}
+
+    def write_features(self, variant: str, shard: ShardRange, features: np.ndarray) -> None:
+        """Write one whole shard of `features/<variant>` and mark it done."""
+        expected = (len(shard), self.attrs["n_views"], self.attrs["feature_dim"])
+        if features.shape != expected:
+            raise ValueError(f"shard {shard.index} has shape {features.shape}, not {expected}")
+        self.group[f"features/{variant}"][shard.start : shard.stop] = features.astype(np.float16)
+        _atomic_write(self._marker(f"features/{variant}", shard.index), "")
+
+    def write_text(self, shard: ShardRange, embeddings: np.ndarray, mask: np.ndarray) -> None:
+        self.group["text"][shard.start : shard.stop] = embeddings.astype(np.float16)
+        self.group["text_mask"][shard.start : shard.stop] = mask.astype(bool)
+        _atomic_write(self._marker("text", shard.index), "")
+
+    def write_samples(self, shard: ShardRange, rows: list[dict[str, Any]]) -> None:
+        if len(rows) != len(shard):
+            raise ValueError(f"shard {shard.index} has {len(rows)} sample rows, not {len(shard)}")
+        path = self.root / "parts" / f"samples-{shard.index:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), tmp)
+        os.replace(tmp, path)
+        _atomic_write(self._marker("samples", shard.index), "")
+
+    def finalize(self) -> bool:
+        """Merge the per-shard sample rows once every shard is done; record completion."""
+        shards = {s.index for s in self.shards()}
+        arrays = ["samples", "text", *(f"features/{v}" for v in self.variants())]
+        progress = {a: len(self.done_shards(a) & shards) for a in arrays}
+        complete = all(n == len(shards) for n in progress.values())
+        if self.done_shards("samples") >= shards:
+            parts = [
+                pq.read_table(self.root / "parts" / f"samples-{i:05d}.parquet")
+                for i in sorted(shards)
+            ]
+            table = pa.concat_tables(parts)
+            tmp = self.root / f".{SAMPLES_FILE}.tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.root / SAMPLES_FILE)
+        self.update_attrs(complete=complete, shards_done=progress, n_shards=len(shards))
+        return complete
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def samples(self) -> pa.Table:
+        path = self.root / SAMPLES_FILE
+        if not path.is_file():
+            raise UserError(f"cache {self.root} has no {SAMPLES_FILE}: extraction did not finish")
+        return pq.read_table(path)
+
+    def features(self, variant: str = "clean") -> np.ndarray:
+        """A whole variant in memory, float16 [N, V, D]: the normal training path."""
+        if variant not in self.variants():
+            have = ", ".join(self.variants()) or "none"
+            raise UserError(f"cache {self.root} has no variant {variant!r} (it has: {have})")
+        return self.group[f"features/{variant}"][:]
+
+    def text(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.group["text"][:], self.group["text_mask"][:]
+
+    def arrays(self) -> dict[str, zarr.Array]:
+        out = {f"features/{v}": self.group[f"features/{v}"] for v in self.variants()}
+        out["text"] = self.group["text"]
+        out["text_mask"] = self.group["text_mask"]
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Everything `roadwork cache info` shows, as one JSON-ready dict."""
+        attrs = self.attrs
+        out: dict[str, Any] = {
+            "path": str(self.root),
+            "format_version": attrs["format_version"],
+            "complete": attrs.get("complete", False),
+            "rows": attrs["n_rows"],
+            "arrays": {
+                name: {
+                    "shape": list(arr.shape),
+                    "dtype": str(arr.dtype),
+                    "chunks": list(arr.chunks),
+                    "shards": list(arr.shards) if arr.shards else None,
+                }
+                for name, arr in self.arrays().items()
+            },
+            "shards_done": attrs.get("shards_done", {}),
+            "n_shards": len(self.shards()),
+            "backbone": attrs.get("backbone", {}),
+            "views": attrs.get("views", {}),
+            "variants": attrs.get("variants", {}),
+            "text_model": attrs.get("text_model"),
+            "source": attrs.get("source"),
+            "tool_version": attrs.get("tool_version"),
+            "created": attrs.get("created"),
+        }
+        if (self.root / SAMPLES_FILE).is_file():
+            table = self.samples()
+
+            def counts(column: str) -> dict[str, int]:
+                values = table.column(column).to_pylist()
+                return {str(k): v for k, v in sorted(Counter(values).items(), key=str)}
+
+            out["splits"] = counts("split")
+            out["labels"] = counts("label")
+            out["statuses"] = counts("status")
+            out["text_rows"] = int(np.asarray(self.group["text_mask"][:]).sum())
+        return out
+
+
+def to_json(info: dict[str, Any]) -> str:
+    return json.dumps(info, indent=2, sort_keys=False, default=str)

@@ -1,0 +1,25 @@
+"""Scene descriptions through the bundled all-MiniLM-L6-v2, offline."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from roadwork_cache.text import TEXT_DIM, TextEncoder
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real" / "descriptions.json"
+
+
+def test_embeddings_are_normalised_and_masked():
+    texts = ["Line of cones on the right side of the road.", "",
+             "Traffic cones next to work vehicles on the right side of road.",
+             "A sunny beach with palm trees."]
+    if REAL.is_file():  # real human descriptions, when the shared folder is beside the repo
+        texts += list(json.loads(REAL.read_text()).values())
+    emb, mask = TextEncoder().encode(texts)
+    assert emb.shape == (len(texts), TEXT_DIM) and emb.dtype == np.float32
+    assert mask.tolist()[:4] == [True, False, True, True]
+    assert np.all(emb[1] == 0)
+    np.testing.assert_allclose(np.linalg.norm(emb[mask], axis=1), 1.0, atol=1e-5)
+    # the model carries meaning: the two roadwork sentences are closer than the beach
+    assert emb[0] @ emb[2] > emb[0] @ emb[3] + 0.2
