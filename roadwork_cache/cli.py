@@ -28,7 +28,8 @@ def synth(
     rows: Annotated[int, typer.Option(help="Number of images (rows) to generate.")] = 400,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 0,
     shard_rows: Annotated[int, typer.Option(help="Rows per parquet shard.")] = 256,
-    test_fraction: Annotated[float, typer.Option(help="Share of videos in the test split.")] = 0.25,
+    test_fraction: Annotated[float, typer.Option(
+        help="Share of rows (whole videos) in the test split.")] = 0.25,
 ) -> None:
     """Write a synthetic dataset in the exact NATIX parquet format (demo and test data).
 

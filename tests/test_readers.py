@@ -1,48 +1,15 @@
 """Readers: NATIX parquet streamed by row group, image folder with a manifest, sources."""
 
-import io
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
+from helpers import jpeg, natix_row, write_shard
 from roadwork_cache.data.natix import NatixParquetReader, split_from_path
-from roadwork_cache.data.schema import NATIX_COLUMNS
 from roadwork_cache.data.sources import open_source
 from roadwork_cache.errors import UserError
-
-
-def jpeg(colour=(90, 90, 90)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), colour).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def natix_row(i: int, **over) -> dict:
-    row = {c: None for c in NATIX_COLUMNS}
-    row.update({
-        "image": {"bytes": jpeg(), "path": f"{i}.jpg"},
-        "id": i,
-        "width": 32,
-        "height": 24,
-        "gps": "[39.77, -86.18]",
-        "city_name": "Indianapolis",
-        "scene_description": "Cones on the right." if i % 2 else "",
-        "video_info.vid_id": f"vid{i // 3}",
-        "scene_level_tags.daytime": "Light",
-        "scene_level_tags.scene_environment": "Urban",
-        "scene_level_tags.travel_alteration": "['Lane shift']" if i % 2 else None,
-        "scene_level_tags.weather": "['Sunny', 'Cloudy']",
-        "label": i % 2,
-    })
-    row.update(over)
-    return row
-
-
-def write_shard(path, rows, row_group_size=4):
-    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import torch
 from rich.table import Table
 
 from roadwork_cache import __version__
-from roadwork_cache.backbone import FrozenBackbone, load_backbone
+from roadwork_cache.backbone import POOLS, FrozenBackbone, get_preset, load_backbone
 from roadwork_cache.batching import view_loader
 from roadwork_cache.data.schema import Sample
 from roadwork_cache.data.sources import open_source
@@ -159,12 +159,20 @@ def extract_shard(
 
 
 def run_extract(cfg: ExtractConfig) -> ExtractSummary:
+    # Cheap checks of the flags first, so a typo costs no reading and no model loading.
+    get_preset(cfg.backbone)
+    if cfg.pool not in POOLS:
+        raise UserError(f"unknown pooling {cfg.pool!r}; choose one of {', '.join(POOLS)}")
     reader = open_source(cfg.source, cfg.manifest)
     n_rows = len(reader) if cfg.limit is None else min(cfg.limit, len(reader))
     if n_rows == 0:
         raise UserError(f"source {cfg.source} has no rows")
     device = resolve_device(cfg.device)
     workers = default_workers(device) if cfg.workers is None else cfg.workers
+    if device.type == "cpu":
+        # Decoding workers and intra-op threads on the same cores oversubscribe them, and
+        # spinning OpenMP threads then run many times slower than one thread alone.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     console.print(f"source: {reader.describe()}; extracting {n_rows} rows on {device}")
 
     backbone = load_backbone(
