@@ -163,13 +163,19 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-def _random_tiny(preset: Preset) -> nn.Module:
+def random_model(preset: Preset, attn_implementation: str = "sdpa") -> nn.Module:
+    """A transformers DINOv3 of the preset's shape with weights from the fixed seed.
+
+    The tiny preset's weights; for the real sizes, a stand-in for speed measurements.
+    """
     from transformers import DINOv3ViTModel
 
     # fork_rng: the fixed seed must not disturb the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        return DINOv3ViTModel(preset.hf_config()).eval()
+        config = preset.hf_config()
+        config._attn_implementation = attn_implementation
+        return DINOv3ViTModel(config).eval()
 
 
 def _load_transformers(folder: Path, preset: Preset) -> nn.Module:
@@ -257,7 +263,7 @@ def load_backbone(
                 f"preset {preset.name} needs --weights: a transformers DINOv3 folder or a "
                 "timm / Meta checkpoint file (only the tiny preset has built-in random weights)"
             )
-        model, kind = _random_tiny(preset), "transformers"
+        model, kind = random_model(preset), "transformers"
         info.update(weights=None, random_init=True, seed=TINY_SEED)
     else:
         path = Path(weights)

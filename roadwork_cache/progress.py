@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -12,7 +14,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# Piped or logged output gets a wide fixed width so that metric tables stay readable.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def progress_bar(disable: bool = False) -> Progress:

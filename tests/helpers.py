@@ -53,3 +53,67 @@ def run_cli(monkeypatch, *args: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def planted_cache(
+    root,
+    n: int = 600,
+    dim: int = 32,
+    seed: int = 0,
+    signal: float = 3.0,
+    leaky_text: bool = True,
+    test_fraction: float = 0.25,
+    cities: tuple = ((39.77, -86.16), (42.36, -71.06), (33.45, -112.07)),
+):
+    """A finished cache whose features carry a known signal.
+
+    Positives get `signal * u` (a fixed random unit direction) added to 1-2 random tiles
+    (views 1-9) and nowhere else: the global view (0) holds no signal, so a global-view
+    baseline is near chance while a head that looks at tiles can find it. `description` is
+    set only on positives (the real data's leak). Returns (cache path, planted view mask
+    [n, 12] bool, labels).
+    """
+    import numpy as np
+
+    from roadwork_cache.store import Cache
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.5).astype(int)
+    feats = rng.normal(size=(n, 12, dim)).astype(np.float32)
+    u = rng.normal(size=dim)
+    u /= np.linalg.norm(u)
+    planted = np.zeros((n, 12), bool)
+    for i in np.flatnonzero(labels):
+        views = rng.choice(np.arange(1, 10), size=rng.integers(1, 3), replace=False)
+        planted[i, views] = True
+        feats[i, views] += signal * u
+    vids = [f"v{i // 3}" for i in range(n)]  # videos of 3 frames; labels vary inside them
+    n_test_vids = int(n / 3 * test_fraction)
+    split = ["test" if int(v[1:]) < n_test_vids else "train" for v in vids]
+    cache = Cache.create(root, n_rows=n, n_views=12, feature_dim=dim,
+                         attrs={"backbone": {"preset": "planted", "random_init": False,
+                                             "feature_dim": dim},
+                                "views": {"layout": "grid3x3-v1", "n_views": 12}},
+                         shard_rows=256, chunk_rows=16)
+    cache.ensure_variant("clean")
+    city = rng.integers(0, len(cities), size=n // 3 + 1)
+    for shard in cache.shards():
+        rows = []
+        for i in range(shard.start, shard.stop):
+            lat, lon = cities[city[i // 3]]
+            rows.append({
+                "id": str(i), "split": split[i], "label": int(labels[i]), "vid_id": vids[i],
+                "gps_lat": lat + rng.normal(0, 0.05), "gps_lon": lon + rng.normal(0, 0.05),
+                "city": None, "weather": [["Sunny"], ["Rainy"], []][i % 3],
+                "daytime": ["Light", "Dark"][i % 2], "scene": "Urban",
+                "description": "Cones ahead." if (labels[i] and leaky_text) else "",
+                "status": "ok",
+            })
+        cache.write_features("clean", shard, feats[shard.start:shard.stop])
+        mask = np.array([bool(r["description"]) for r in rows])
+        text = np.zeros((len(rows), 384), np.float32)
+        text[mask, 0] = 1.0
+        cache.write_text(shard, text, mask)
+        cache.write_samples(shard, rows)
+    cache.finalize()
+    return root, planted, labels

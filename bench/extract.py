@@ -1,0 +1,151 @@
+"""Stage-one throughput: backbone views/s and images/s, and the whole extract path.
+
+    python bench/extract.py --preset tiny --view-size 224
+    python bench/extract.py --preset vith16plus --view-size 512 --batch 8   # on a GPU box
+
+Figures are ratios inside one run where possible:
+- the backbone as `extract` runs it (bf16 autocast + SDPA flash on CUDA) against the same
+  model in fp32 with eager attention: the speed-up;
+- on CUDA, achieved TFLOP/s (counted by torch's FlopCounterMode) against a bf16 matmul
+  measured in the same run: the share of the reachable rate;
+- decode + views + backbone (DataLoader workers) against the backbone alone: whether
+  decoding keeps up.
+Weights are random from the preset's shape: speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from roadwork_cache.backbone import FrozenBackbone, get_preset, random_model
+from roadwork_cache.batching import view_loader
+from roadwork_cache.data.sources import open_source
+from roadwork_cache.data.synth import write_synthetic
+from roadwork_cache.stages.extract import default_workers
+from roadwork_cache.views import N_VIEWS
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, iters: int, warmup: int = 2) -> float:
+    """Seconds per call, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, iters: int = 20) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    return 2 * n**3 / timed(lambda: a @ b, device, iters) / 1e12
+
+
+def forward_flops(backbone: FrozenBackbone, views: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter:
+        backbone(views[:1])
+    return counter.get_total_flops()
+
+
+def make_backbone(preset: str, view_size: int, attn: str, device: torch.device) -> FrozenBackbone:
+    p = get_preset(preset)
+    model = random_model(p, attn)
+    info = {"preset": p.name, "view_size": view_size, "feature_dim": p.embed_dim}
+    return FrozenBackbone(model, "transformers", p, "cls", info).to(device)
+
+
+class Fp32Eager(FrozenBackbone):
+    """The baseline: no autocast, eager attention; otherwise the same forward."""
+
+    @torch.inference_mode()
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        x = views.to(self.device).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        return self.tokens(x)[0][:, 0].float()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--view-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8, help="images per forward (x12 views)")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", type=int, default=64, help="synthetic images for end to end")
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    workers = default_workers(device) if args.workers is None else args.workers
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+
+    n_views = args.batch * N_VIEWS
+    views = torch.randint(0, 256, (n_views, args.view_size, args.view_size, 3),
+                          dtype=torch.uint8)
+    if device.type == "cuda":
+        views = views.pin_memory()
+    fast = make_backbone(args.preset, args.view_size, "sdpa", device)
+    base = Fp32Eager(random_model(get_preset(args.preset), "eager"), "transformers",
+                     fast.preset, "cls", fast.info).to(device)
+
+    flops_per_view = forward_flops(fast, views) / 1
+    rows = []
+    for name, model in (("extract path (bf16 + SDPA on CUDA)", fast), ("fp32 eager", base)):
+        seconds = timed(lambda m=model: m(views), device, args.iters)
+        rows.append((name, n_views / seconds, args.batch / seconds,
+                     flops_per_view * n_views / seconds / 1e12))
+
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+          f" ({os.cpu_count()} cores), torch {torch.__version__}")
+    print(f"preset {args.preset}, view {args.view_size} px, {args.batch} images x 12 views per "
+          f"forward, {flops_per_view / 1e9:.2f} GFLOP per view")
+    peak = matmul_tflops(device) if device.type == "cuda" else None
+    print(f"{'backbone':38s} {'views/s':>10s} {'images/s':>10s} {'TFLOP/s':>9s} "
+          f"{'vs matmul':>9s}")
+    for name, vps, ips, tflops in rows:
+        share = f"{tflops / peak:9.1%}" if peak else f"{'-':>9s}"
+        print(f"{name:38s} {vps:10.1f} {ips:10.2f} {tflops:9.3f} {share}")
+    if peak:
+        print(f"bf16 matmul 8192^3 in the same run: {peak:.1f} TFLOP/s")
+    print(f"speed-up of the extract path over fp32 eager: {rows[0][1] / rows[1][1]:.2f}x")
+
+    # End to end: parquet -> decode -> 12 views -> backbone, as `extract` runs it.
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic(Path(tmp), args.rows, seed=0, sizes=[(1920, 1080)])
+        samples = list(open_source(f"{tmp}/*.parquet").iter_samples())
+        loader_args = (samples, args.view_size, args.batch, workers, device.type == "cuda")
+
+        def decode_only() -> None:
+            for _ in view_loader(*loader_args):
+                pass
+
+        def end_to_end() -> None:
+            for batch in view_loader(*loader_args):
+                b, v, s = batch.views.shape[:3]
+                fast(batch.views.view(b * v, s, s, 3))
+
+        t_decode = timed(decode_only, device, 1, warmup=1)
+        t_e2e = timed(end_to_end, device, 1, warmup=1)
+    print(f"end to end on {args.rows} synthetic 1920x1080 JPEGs, {workers} decode workers:")
+    print(f"  decode + views alone : {args.rows / t_decode:8.2f} images/s")
+    print(f"  decode + backbone    : {args.rows / t_e2e:8.2f} images/s "
+          f"({(args.rows / t_e2e) / rows[0][2]:.0%} of the backbone-alone rate)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The training loop of a head: weighted sampling, one cached variant per row per epoch,
+AdamW with warmup and cosine decay, gradient accumulation, clipping, bf16 on CUDA, and early
+stopping on the metadata-free validation MCC (what a validator will measure)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from roadwork_cache.heads import MetadataBatch, RoadworkHead
+from roadwork_cache.training.losses import LossWeights, total_loss
+from roadwork_cache.training.metrics import best_threshold, binary_metrics
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    accum_steps: int = 1
+    clip: float = 1.0
+    patience: int = 8  # epochs without a better validation MCC before stopping
+    seed: int = 42
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = 0.25
+    smoothing: float = 0.1
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    focal: float
+    consistency: float
+    weather: float
+    val_mcc: float  # metadata-free, at the MCC-best threshold
+    val_auc: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochLog]
+    best_epoch: int
+    best_val_mcc: float
+    stopped_early: bool
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup to 1, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+@torch.no_grad()
+def predict(
+    model: RoadworkHead,
+    features: np.ndarray | torch.Tensor,
+    meta: MetadataBatch | None,
+    device: torch.device,
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Roadwork probability [n] and pooled embedding [n, dim]; meta None = all NULL."""
+    model.eval()
+    feats = torch.as_tensor(features)
+    probs, embeds = [], []
+    for start in range(0, len(feats), batch_size):
+        x = feats[start : start + batch_size].to(device).float()
+        m = meta.select(slice(start, start + batch_size)).to(device) if meta else None
+        with autocast(device):
+            out = model(x, m)
+        probs.append(torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu())
+        embeds.append(out.embedding.float().cpu())
+    return torch.cat(probs).numpy(), torch.cat(embeds).numpy()
+
+
+class Trainer:
+    """Fits one head on in-memory cached features.
+
+    `variants` is a list of float16 arrays [n, V, D] (one per cached variant, same rows);
+    every epoch each drawn row is read from one variant chosen at random, so augmentation
+    costs an index, not a backbone pass.
+    """
+
+    def __init__(
+        self,
+        model: RoadworkHead,
+        cfg: TrainConfig,
+        variants: Sequence[np.ndarray],
+        labels: np.ndarray,
+        meta: MetadataBatch,
+        device: torch.device,
+        eval_features: np.ndarray | None = None,
+    ):
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.device = device
+        # One stacked tensor [n_variants, n, V, D]; pinned so batches copy asynchronously.
+        stacked = torch.from_numpy(np.stack(variants))
+        self.features = stacked.pin_memory() if device.type == "cuda" else stacked
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.meta = meta
+        self.weather_mask = meta.weather.sum(dim=1) > 0
+        self.eval_features = variants[0] if eval_features is None else eval_features
+
+    def _batch(self, rows: torch.Tensor, variant: torch.Tensor):
+        x = self.features[variant, rows].to(self.device, non_blocking=True).float()
+        meta = self.meta.select(rows).to(self.device)
+        return x, meta, self.labels[rows].to(self.device), self.weather_mask[rows].to(self.device)
+
+    def fit(
+        self,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        sample_weights: np.ndarray | None = None,
+        on_epoch: Callable[[EpochLog], None] | None = None,
+    ) -> TrainResult:
+        cfg, model = self.cfg, self.model
+        gen = torch.Generator().manual_seed(cfg.seed)
+        weights = torch.ones(len(train_idx), dtype=torch.float64)
+        if sample_weights is not None:
+            weights = torch.as_tensor(sample_weights, dtype=torch.float64)
+        train_rows = torch.from_numpy(train_idx)
+        steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size / cfg.accum_steps))
+        total = steps_per_epoch * cfg.epochs
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+        optim = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+        )
+        warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(warmup, total))
+        val_y = self.labels[val_idx].numpy()
+
+        history: list[EpochLog] = []
+        best = (-math.inf, -1)
+        best_state = copy.deepcopy(model.state_dict())
+        for epoch in range(1, cfg.epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            draw = train_rows[torch.multinomial(weights, len(train_idx), True, generator=gen)]
+            variant = torch.randint(len(self.features), (len(draw),), generator=gen)
+            sums = np.zeros(4)
+            n_batches = 0
+            optim.zero_grad(set_to_none=True)
+            for i, lo in enumerate(range(0, len(draw), cfg.batch_size)):
+                x, meta, y, wmask = self._batch(
+                    draw[lo : lo + cfg.batch_size], variant[lo : lo + cfg.batch_size]
+                )
+                with autocast(self.device):
+                    out = model(x, meta)
+                parts = total_loss(
+                    out.logits.float(),
+                    y,
+                    out.view_logits.float(),
+                    out.weather_logits.float(),
+                    meta.weather,
+                    wmask,
+                    cfg.loss,
+                    cfg.focal_gamma,
+                    cfg.focal_alpha,
+                    cfg.smoothing,
+                )
+                (parts.total / cfg.accum_steps).backward()
+                last = lo + cfg.batch_size >= len(draw)
+                if (i + 1) % cfg.accum_steps == 0 or last:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                    optim.step()
+                    optim.zero_grad(set_to_none=True)
+                    sched.step()
+                sums += [
+                    v.item()
+                    for v in (
+                        parts.total.detach(),
+                        parts.focal.detach(),
+                        parts.consistency.detach(),
+                        parts.weather.detach(),
+                    )
+                ]
+                n_batches += 1
+
+            prob, _ = predict(model, self.eval_features[val_idx], None, self.device)
+            t = best_threshold(val_y, prob)
+            m = binary_metrics(val_y, prob, t)
+            log = EpochLog(
+                epoch,
+                *(sums / max(n_batches, 1)).tolist(),
+                m["mcc"],
+                m["auc"],
+                sched.get_last_lr()[0],
+                time.perf_counter() - start,
+            )
+            history.append(log)
+            if on_epoch:
+                on_epoch(log)
+            score = -1.0 if math.isnan(m["mcc"]) else m["mcc"]
+            if score > best[0]:
+                best = (score, epoch)
+                best_state = copy.deepcopy(model.state_dict())
+            elif epoch - best[1] >= cfg.patience:
+                break
+        model.load_state_dict(best_state)
+        return TrainResult(history, best[1], best[0], stopped_early=len(history) < cfg.epochs)

@@ -1,0 +1,140 @@
+"""`roadwork train-head` on features with a planted signal, where the right answer is known."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import planted_cache, run_cli
+from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
+from roadwork_cache.training.loop import TrainConfig
+
+SMALL_HEAD = {"dim": 64, "layers": 1, "heads": 4, "pyramid_dims": [64, 32], "fusion_dim": 64,
+              "classifier_dim": 32, "gate_dim": 32, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    cache, planted, labels = planted_cache(root / "cache", signal=5.0)
+    opts = TrainHeadOptions(
+        cache=cache, out=root / "run", head=dict(SMALL_HEAD),
+        train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, patience=20, seed=0,
+                          warmup_epochs=1),
+        device="cpu", progress=False,
+    )
+    result = run_train_head(opts)
+    return result, planted, labels, root
+
+
+def row(rows, model, set_name="test", metadata="none", threshold="tuned"):
+    return next(r for r in rows if r["model"] == model and r["set"] == set_name
+                and r["variant"] == "clean" and r["metadata"] == metadata
+                and r["threshold_kind"] == threshold)
+
+
+def test_head_finds_a_signal_in_the_tiles_and_beats_the_global_view_baseline(trained):
+    result, *_ = trained
+    rows = result["metrics"]["rows"]
+    head = row(rows, "head")
+    baseline = row(rows, "baseline")
+    assert head["mcc"] > 0.75, head
+    assert baseline["mcc"] < 0.3, baseline  # the global view holds no signal
+    assert head["mcc"] - baseline["mcc"] > 0.5
+
+
+def test_head_works_with_every_metadata_field_null(trained):
+    result, *_ = trained
+    rows = result["metrics"]["rows"]
+    assert row(rows, "head", metadata="none")["auc"] > 0.9
+    assert row(rows, "head", metadata="none", threshold="0.5")["accuracy"] > 0.85
+
+
+def test_leaky_text_field_is_flagged_and_dropped(trained):
+    result, _, _, root = trained
+    audit = {a["field"]: a for a in json.loads((root / "run" / "audit.json").read_text())}
+    assert audit["text"]["leaky"] and audit["text"]["mcc_present"] > 0.9
+    assert not audit["weather"]["leaky"] and not audit["daytime"]["leaky"]
+    config = json.loads((root / "run" / "config.json").read_text())
+    assert "text" not in config["head"]["meta_fields"]
+    assert "text" in config["leaky_fields"]
+
+
+def test_pruning_keeps_the_planted_views(trained):
+    _, planted, labels, root = trained
+    config = json.loads((root / "run" / "config.json").read_text())
+    model = RoadworkHead(HeadConfig.from_dict(config["head"]))
+    model.load_state_dict(load_file(root / "run" / "model.safetensors"))
+    model.eval()
+    from roadwork_cache.store import Cache
+
+    feats = torch.from_numpy(Cache.open(root / "cache").features().astype(np.float32))
+    pos = np.flatnonzero(labels)
+    with torch.no_grad():
+        out = model(feats[pos])
+    kept = out.view_index.numpy()
+    hits = [planted[i][kept[j]].sum() == planted[i].sum() for j, i in enumerate(pos)]
+    assert np.mean(hits) > 0.9  # every planted tile of a positive survives pruning
+
+
+def test_run_folder_is_complete_and_predictions_cover_every_row(trained):
+    _, _, labels, root = trained
+    run = root / "run"
+    for name in ("config.json", "model.safetensors", "metrics.json", "predictions.parquet",
+                 "curve.png", "audit.json"):
+        assert (run / name).is_file(), name
+    preds = pq.read_table(run / "predictions.parquet").to_pydict()
+    assert len(preds["id"]) == len(labels)
+    assert set(preds["set"]) == {"train", "val", "test"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 1 <= metrics["best_epoch"] <= 25 and len(metrics["history"]) >= metrics["best_epoch"]
+    # threshold folded into later predictions is the MCC-best one on validation
+    assert 0.0 < json.loads((run / "config.json").read_text())["threshold"] < 1.0
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    cache, _, _ = planted_cache(tmp_path / "cache", n=120)
+    outs = []
+    for name in ("a", "b"):
+        opts = TrainHeadOptions(cache=cache, out=tmp_path / name, head=dict(SMALL_HEAD),
+                                train=TrainConfig(epochs=2, batch_size=32, seed=3),
+                                device="cpu", progress=False)
+        run_train_head(opts)
+        outs.append(load_file(tmp_path / name / "model.safetensors"))
+    for key in outs[0]:
+        assert torch.equal(outs[0][key], outs[1][key]), key
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--meta-fields", "gps,colour"), "unknown meta_fields"),
+        (("--variants", "aug-9"), "no variant 'aug-9'"),
+        (("--gps-brackets", "near:far"), "must look like"),
+    ],
+)
+def test_bad_input_is_one_sentence(monkeypatch, capsys, tmp_path, extra, message):
+    cache, _, _ = planted_cache(tmp_path / "cache", n=60)
+    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
+                   "--epochs", "1", "--no-progress", "--device", "cpu", *extra)
+    assert code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cache_without_labels(monkeypatch, capsys, tmp_path):
+    from roadwork_cache.store import Cache
+
+    cache, _, _ = planted_cache(tmp_path / "cache", n=30)
+    table = Cache.open(cache).samples()
+    import pyarrow as pa
+
+    table = table.set_column(table.schema.get_field_index("label"), "label",
+                             pa.array([None] * 30, pa.int8()))
+    pq.write_table(table, cache / "samples.parquet")
+    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
+                   "--no-progress")
+    assert code == 2 and "no labelled rows" in capsys.readouterr().err
