@@ -230,6 +230,17 @@ def train_head(
                   " predictions.parquet, curve.png)")
 
 
+# <report command>
+
+# <ensemble command>
+
+# <tta command>
+
+# <predict command>
+
+# <demo command>
+
+
 @cache_app.command("info")
 def cache_info(
     path: Annotated[Path, typer.Argument(help="The cache folder.")],
@@ -246,6 +257,9 @@ def cache_info(
         from rich.console import Console
 
         Console().print(cache_info_table(info))
+
+
+# <cache verify command>
 
 
 def main() -> None:
