@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from roadwork_cache.data.images import MAX_PIXELS, ImageError, decode_image
 from roadwork_cache.data.schema import Sample
+from roadwork_cache.variants import apply_variant
 from roadwork_cache.views import N_VIEWS, TILE_FRACTION, render_views
 
 
@@ -37,9 +38,16 @@ class ViewBatch:
 class ViewDataset(Dataset):
     """Samples -> decoded, upright RGB -> the 12 views at `view_size`."""
 
-    def __init__(self, samples: Sequence[Sample], view_size: int, max_pixels: int = MAX_PIXELS):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        view_size: int,
+        variant: str = "clean",
+        max_pixels: int = MAX_PIXELS,
+    ):
         self.samples = samples
         self.view_size = view_size
+        self.variant = variant
         self.max_pixels = max_pixels
         # The smallest view is a tile of 1/2.5 of each side: keep it at least view_size.
         self.draft_side = int(np.ceil(view_size / TILE_FRACTION))
@@ -57,6 +65,7 @@ class ViewDataset(Dataset):
             return DecodedItem(index, None, None, None, str(exc))
         # Record the size of the full image, not of a reduced-scale JPEG draft.
         width, height = img.info.get("full_size", img.size)
+        img = apply_variant(img, self.variant, sample.id)
         views = np.stack([np.asarray(v) for v in render_views(img, self.view_size)])
         return DecodedItem(index, views, width, height, None)
 
@@ -72,10 +81,15 @@ def collate(items: list[DecodedItem]) -> ViewBatch:
 
 
 def view_loader(
-    samples: Sequence[Sample], view_size: int, batch_size: int, workers: int, pin: bool
+    samples: Sequence[Sample],
+    view_size: int,
+    batch_size: int,
+    workers: int,
+    pin: bool,
+    variant: str = "clean",
 ) -> DataLoader:
     return DataLoader(
-        ViewDataset(samples, view_size),
+        ViewDataset(samples, view_size, variant),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

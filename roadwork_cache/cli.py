@@ -79,27 +79,36 @@ def extract(
     shard_rows: Annotated[int, typer.Option(
         help="Rows per Zarr shard: the unit of writing and of resume.")] = 1024,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    variants: Annotated[str, typer.Option(
+        help="Variants to store: clean, aug:K (training augmentation), natix:K (the "
+        "validator's 224 px challenges, level K % 4), tta:K (deterministic test-time views, "
+        "K <= 8). Variants already in the cache are skipped.")] = "clean",
     text: Annotated[bool, typer.Option(
         help="Embed scene_description with the bundled all-MiniLM-L6-v2.")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run the frozen DINOv3 backbone once over the 12 views of every image into a Zarr cache.
 
-    Re-running on an existing cache resumes: shards already written are skipped. Unreadable
-    images become rows with status 'error' and the run goes on.
+    Re-running on an existing cache resumes: shards already written are skipped, and new
+    variants are added without recomputing the old ones. Unreadable images become rows with
+    status 'error' and the run goes on. Multi-GPU: torchrun --nproc-per-node N -m
+    roadwork_cache.cli extract ... (same arguments).
     """
     from roadwork_cache.progress import console
     from roadwork_cache.stages.extract import ExtractConfig, run_extract, summary_table
+    from roadwork_cache.variants import parse_variants
 
     if batch_size < 1 or shard_rows < 1:
         raise UserError("--batch-size and --shard-rows must be at least 1")
     cfg = ExtractConfig(
         source=source, cache=cache, backbone=backbone, weights=weights, manifest=manifest,
         view_size=view_size, pool=pool, batch_size=batch_size, workers=workers, device=device,
-        shard_rows=shard_rows, limit=limit, text=text, progress=progress,
+        shard_rows=shard_rows, limit=limit, variants=parse_variants(variants), text=text,
+        progress=progress,
     )
     summary = run_extract(cfg)
-    console.print(summary_table(summary))
+    if summary is not None:  # rank 0 (or the only process) reports
+        console.print(summary_table(summary))
 
 
 def _parse_brackets(text: str) -> tuple[tuple[float, float], ...]:
@@ -230,7 +239,22 @@ def train_head(
                   " predictions.parquet, curve.png)")
 
 
-# <report command>
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder made by `roadwork train-head`.")],
+    out: Annotated[Path | None, typer.Option(
+        help="HTML file to write (default RUN/report.html).")] = None,
+    set_name: Annotated[str | None, typer.Option(
+        "--set", help="test or val (default: test when it has labelled rows, else val).")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML page about a train-head run: metrics, confusion matrices,
+    MCC per weather / daytime / scene / city / GPS cluster, calibration, learning curves, the
+    hardest errors and the leakage audit."""
+    from roadwork_cache.stages.report import write_report
+
+    path = write_report(run, out, set_name)
+    typer.echo(f"report written to {path}")
 
 # <ensemble command>
 
@@ -259,7 +283,33 @@ def cache_info(
         Console().print(cache_info_table(info))
 
 
-# <cache verify command>
+@cache_app.command("verify")
+def cache_verify(
+    path: Annotated[Path, typer.Argument(help="The cache folder.")],
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Mark damaged shards as not done, so that re-running `roadwork "
+        "extract` with the same arguments recomputes them.")] = False,
+) -> None:
+    """Check that every shard is complete, unchanged since written and finite; name what is
+    not. Exit 1 when anything is wrong."""
+    from roadwork_cache.progress import console
+    from roadwork_cache.store import Cache, verify
+    from roadwork_cache.store import repair as repair_cache
+
+    cache = Cache.open(path, mode="a" if repair else "r")
+    problems = verify(cache)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]✗[/] {problem.message}")
+        if repair:
+            dropped = repair_cache(cache, problems)
+            console.print(f"marked {dropped} damaged shard(s) as not done")
+        console.print(f"{len(problems)} problem(s) in {path}; re-run `roadwork extract` with "
+                      "the same arguments to recompute what is missing"
+                      + ("" if repair else " (after `roadwork cache verify --repair`)"))
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {path}: {cache.n_rows} rows, {len(cache.shards())} shards x "
+                  f"{len(cache.variants())} variant(s) + text, all complete and finite")
 
 
 def main() -> None:

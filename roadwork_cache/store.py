@@ -15,9 +15,15 @@ off half-written is never taken as done.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import socket
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ FORMAT_VERSION = 1
 FORMAT_NAME = "roadwork-cache"
 TEXT_DIM = 384
 SAMPLES_FILE = "samples.parquet"
+LOCK_FILE = ".lock"
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -74,6 +81,14 @@ def shard_ranges(n_rows: int, shard_rows: int) -> list[ShardRange]:
     ]
 
 
+def checksum(*arrays: np.ndarray) -> str:
+    """sha256 of the bytes written: the done-marker's content, checked by `cache verify`."""
+    digest = hashlib.sha256()
+    for arr in arrays:
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -104,7 +119,7 @@ class Cache:
     ) -> Cache:
         """Create an empty cache; refuses to overwrite a folder that is not empty."""
         root = Path(root)
-        if root.exists() and any(root.iterdir()):
+        if root.exists() and any(p.name != LOCK_FILE for p in root.iterdir()):
             raise UserError(f"{root} exists and is not an empty cache folder")
         if n_rows < 1:
             raise UserError("a cache needs at least one row")
@@ -210,13 +225,15 @@ class Cache:
         expected = (len(shard), self.attrs["n_views"], self.attrs["feature_dim"])
         if features.shape != expected:
             raise ValueError(f"shard {shard.index} has shape {features.shape}, not {expected}")
-        self.group[f"features/{variant}"][shard.start : shard.stop] = features.astype(np.float16)
-        _atomic_write(self._marker(f"features/{variant}", shard.index), "")
+        data = features.astype(np.float16)
+        self.group[f"features/{variant}"][shard.start : shard.stop] = data
+        _atomic_write(self._marker(f"features/{variant}", shard.index), checksum(data))
 
     def write_text(self, shard: ShardRange, embeddings: np.ndarray, mask: np.ndarray) -> None:
-        self.group["text"][shard.start : shard.stop] = embeddings.astype(np.float16)
-        self.group["text_mask"][shard.start : shard.stop] = mask.astype(bool)
-        _atomic_write(self._marker("text", shard.index), "")
+        text, mask = embeddings.astype(np.float16), mask.astype(bool)
+        self.group["text"][shard.start : shard.stop] = text
+        self.group["text_mask"][shard.start : shard.stop] = mask
+        _atomic_write(self._marker("text", shard.index), checksum(text, mask))
 
     def write_samples(self, shard: ShardRange, rows: list[dict[str, Any]]) -> None:
         if len(rows) != len(shard):
@@ -309,6 +326,93 @@ class Cache:
             out["statuses"] = counts("status")
             out["text_rows"] = int(np.asarray(self.group["text_mask"][:]).sum())
         return out
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing `verify` found wrong; `array`/`shard` say which marker a repair drops."""
+
+    message: str
+    array: str | None = None
+    shard: int | None = None
+
+
+def verify(cache: Cache) -> list[Problem]:
+    """Every problem of a cache, one sentence each: shards not written, bytes that differ
+    from what was written (the marker's checksum), non-finite features, missing sample rows."""
+    problems: list[Problem] = []
+    shards = cache.shards()
+    for name in [f"features/{v}" for v in cache.variants()] + ["text"]:
+        done = cache.done_shards(name)
+        for shard in shards:
+            where = f"{name} shard {shard.index} (rows {shard.start}-{shard.stop - 1})"
+            if shard.index not in done:
+                problems.append(Problem(f"{where} was never completed"))
+                continue
+            expected = cache._marker(name, shard.index).read_text().strip()
+            arrays = [name, "text_mask"] if name == "text" else [name]
+            try:
+                data = [cache.group[a][shard.start : shard.stop] for a in arrays]
+            except Exception as exc:
+                problems.append(Problem(f"{where} cannot be read: {exc}", name, shard.index))
+                continue
+            if expected and checksum(*data) != expected:
+                problems.append(Problem(f"{where} differs from what was written "
+                                        "(checksum mismatch)", name, shard.index))
+            bad = int((~np.isfinite(data[0].astype(np.float32))).sum())
+            if bad:
+                problems.append(Problem(f"{where} holds {bad} non-finite values", name,
+                                        shard.index))
+    done = cache.done_shards("samples")
+    problems += [Problem(f"sample rows of shard {s.index} were never written")
+                 for s in shards if s.index not in done]
+    path = cache.root / SAMPLES_FILE
+    if not problems:
+        if not path.is_file():
+            problems.append(Problem(f"{SAMPLES_FILE} is missing; re-run extract to finalise"))
+        elif (rows := pq.read_metadata(path).num_rows) != cache.n_rows:
+            problems.append(Problem(f"{SAMPLES_FILE} has {rows} rows, not {cache.n_rows}"))
+    return problems
+
+
+def repair(cache: Cache, problems: list[Problem]) -> int:
+    """Drop the done-markers of damaged shards so the next `extract` recomputes them."""
+    dropped = 0
+    for problem in problems:
+        if problem.array is not None and problem.shard is not None:
+            cache._marker(problem.array, problem.shard).unlink(missing_ok=True)
+            dropped += 1
+    if dropped:
+        cache.update_attrs(complete=False)
+    return dropped
+
+
+@contextmanager
+def writer_lock(root: str | Path) -> Iterator[None]:
+    """One writer per cache. The OS drops the lock when its process dies (SIGKILL too), so a
+    killed run never leaves a stale lock; a live one is named in the refusal."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(
+                f"cache {root} is being written by {holder}; wait for it or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def to_json(info: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ whole shard. A shard already marked done is skipped, so a re-run resumes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -25,12 +26,12 @@ from roadwork_cache.backbone import POOLS, FrozenBackbone, get_preset, load_back
 from roadwork_cache.batching import view_loader
 from roadwork_cache.data.schema import Sample
 from roadwork_cache.data.sources import open_source
+from roadwork_cache.distributed import close_ranks, init_ranks
 from roadwork_cache.errors import UserError
 from roadwork_cache.progress import console, progress_bar
-from roadwork_cache.store import Cache, ShardRange
+from roadwork_cache.store import Cache, ShardRange, writer_lock
+from roadwork_cache.variants import check_variant, recipe
 from roadwork_cache.views import LAYOUT, N_VIEWS, VIEW_NAMES
-
-CLEAN_RECIPE = {"name": "clean", "version": 1, "ops": []}
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ExtractConfig:
     shard_rows: int = 1024
     chunk_rows: int = 16
     limit: int | None = None
+    variants: list[str] = field(default_factory=lambda: ["clean"])
     text: bool = True
     progress: bool = True
 
@@ -64,6 +66,7 @@ class ExtractSummary:
     seconds: float = 0.0
     images_per_s: float = 0.0
     random_init: bool = False
+    variants: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,7 +91,7 @@ def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> di
         "backbone": backbone.info,
         "views": {"layout": LAYOUT, "n_views": N_VIEWS, "names": list(VIEW_NAMES),
                   "view_size": backbone.info["view_size"]},
-        "variants": {"clean": CLEAN_RECIPE},
+        "variants": {},
         "text_model": "all-MiniLM-L6-v2" if cfg.text else None,
         "source": source,
         "tool_version": __version__,
@@ -141,12 +144,14 @@ def extract_shard(
     cfg: ExtractConfig,
     workers: int,
     advance,
+    variant: str = "clean",
 ) -> tuple[np.ndarray, list[dict]]:
     """Features float32 [n, V, D] (zeros for error rows) and the samples.parquet rows."""
     feats = np.zeros((len(samples), N_VIEWS, backbone.feature_dim), dtype=np.float32)
     rows: list[dict | None] = [None] * len(samples)
     pin = backbone.device.type == "cuda"
-    loader = view_loader(samples, backbone.info["view_size"], cfg.batch_size, workers, pin)
+    loader = view_loader(samples, backbone.info["view_size"], cfg.batch_size, workers, pin,
+                         variant)
     for batch in loader:
         if batch.indices:
             b, v, s = batch.views.shape[:3]
@@ -158,81 +163,135 @@ def extract_shard(
     return feats, rows  # type: ignore[return-value]
 
 
-def run_extract(cfg: ExtractConfig) -> ExtractSummary:
-    # Cheap checks of the flags first, so a typo costs no reading and no model loading.
-    get_preset(cfg.backbone)
-    if cfg.pool not in POOLS:
-        raise UserError(f"unknown pooling {cfg.pool!r}; choose one of {', '.join(POOLS)}")
-    reader = open_source(cfg.source, cfg.manifest)
-    n_rows = len(reader) if cfg.limit is None else min(cfg.limit, len(reader))
-    if n_rows == 0:
-        raise UserError(f"source {cfg.source} has no rows")
-    device = resolve_device(cfg.device)
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
-    if device.type == "cpu":
-        # Decoding workers and intra-op threads on the same cores oversubscribe them, and
-        # spinning OpenMP threads then run many times slower than one thread alone.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    console.print(f"source: {reader.describe()}; extracting {n_rows} rows on {device}")
-
-    backbone = load_backbone(
-        cfg.backbone, cfg.weights, pool=cfg.pool, view_size=cfg.view_size, device=device
-    )
-    if backbone.info.get("random_init"):
-        console.print("[yellow]warning: the tiny backbone has random weights: features "
-                      "demonstrate the machinery, not image understanding")
-
+def open_or_create(
+    cfg: ExtractConfig, backbone: FrozenBackbone, n_rows: int, source: str
+) -> Cache:
+    """Rank 0's job: the cache exists, matches this run, and has an array per variant."""
     if (cfg.cache / "zarr.json").is_file():
         cache = Cache.open(cfg.cache, mode="a")
         check_compatible(cache, backbone, n_rows)
     else:
         cache = Cache.create(
             cfg.cache, n_rows=n_rows, n_views=N_VIEWS, feature_dim=backbone.feature_dim,
-            attrs=cache_attrs(cfg, backbone, reader.describe()),
+            attrs=cache_attrs(cfg, backbone, source),
             shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows,
         )
-    cache.ensure_variant("clean")
-    text_encoder = None
-    if cfg.text:
-        from roadwork_cache.text import TextEncoder
+    recipes = dict(cache.attrs.get("variants", {}))
+    for name in cfg.variants:
+        new = recipe(name)
+        old = recipes.get(name)
+        if old is not None and old.get("version") != new["version"]:
+            raise UserError(
+                f"cache {cfg.cache} holds {name} from recipe version {old.get('version')}, "
+                f"this tool makes version {new['version']}; use a new --cache folder"
+            )
+        recipes[name] = new
+        cache.ensure_variant(name)
+    cache.update_attrs(variants=recipes)
+    return cache
 
-        text_encoder = TextEncoder(device=str(device))
 
-    shards = cache.shards()
-    done = (
-        cache.done_shards("features/clean") & cache.done_shards("text")
-        & cache.done_shards("samples")
+def missing_work(cache: Cache, variants: list[str]) -> list[tuple[ShardRange, list[str]]]:
+    """(shard, variants still to compute) for every shard with anything left to do.
+
+    A shard's text and sample rows count as done only with all their markers; the samples
+    marker is written last, so it alone says the shard's rows are final.
+    """
+    done = {v: cache.done_shards(f"features/{v}") for v in variants}
+    rows_done = cache.done_shards("text") & cache.done_shards("samples")
+    work = []
+    for shard in cache.shards():
+        todo = [v for v in variants if shard.index not in done[v]]
+        if todo or shard.index not in rows_done:
+            work.append((shard, todo))
+    return work
+
+
+def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
+    """Extract every missing (shard, variant); returns the summary on rank 0, None elsewhere."""
+    # Cheap checks of the flags first, so a typo costs no reading and no model loading.
+    get_preset(cfg.backbone)
+    if cfg.pool not in POOLS:
+        raise UserError(f"unknown pooling {cfg.pool!r}; choose one of {', '.join(POOLS)}")
+    for name in cfg.variants:
+        check_variant(name)
+    reader = open_source(cfg.source, cfg.manifest)
+    n_rows = len(reader) if cfg.limit is None else min(cfg.limit, len(reader))
+    if n_rows == 0:
+        raise UserError(f"source {cfg.source} has no rows")
+    device = resolve_device(cfg.device)
+    ranks = init_ranks(device.type)
+    if ranks.distributed and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    if device.type == "cpu":
+        # Decoding workers and intra-op threads on the same cores oversubscribe them, and
+        # spinning OpenMP threads then run many times slower than one thread alone.
+        cores = (os.cpu_count() or 1) // ranks.world
+        torch.set_num_threads(max(1, cores - workers))
+    if ranks.is_main:
+        console.print(f"source: {reader.describe()}; extracting {n_rows} rows x "
+                      f"{len(cfg.variants)} variant(s) on {device}"
+                      + (f" with {ranks.world} ranks" if ranks.distributed else ""))
+
+    backbone = load_backbone(
+        cfg.backbone, cfg.weights, pool=cfg.pool, view_size=cfg.view_size, device=device
     )
-    todo = [s for s in shards if s.index not in done]
-    summary = ExtractSummary(cfg.cache, n_rows, len(shards), len(todo),
-                             random_init=bool(backbone.info.get("random_init")))
-    start = time.perf_counter()
-    images = 0
-    with progress_bar(disable=not cfg.progress) as bar:
-        task = bar.add_task("extract", total=sum(len(s) for s in todo), rate="")
+    if backbone.info.get("random_init") and ranks.is_main:
+        console.print("[yellow]warning: the tiny backbone has random weights: features "
+                      "demonstrate the machinery, not image understanding")
 
-        def advance(n: int) -> None:
-            nonlocal images
-            images += n
-            rate = images / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, advance=n, rate=f"{rate:.1f} img/s")
+    lock = writer_lock(cfg.cache) if ranks.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            if ranks.is_main:
+                open_or_create(cfg, backbone, n_rows, reader.describe())
+            ranks.barrier()  # the arrays exist before any rank writes into them
+            cache = Cache.open(cfg.cache, mode="a")
+            work = missing_work(cache, cfg.variants)
+            mine = ranks.mine(work)
+            text_encoder = None
+            if cfg.text and any(s.index not in cache.done_shards("text") for s, _ in mine):
+                from roadwork_cache.text import TextEncoder
 
-        for shard in todo:
-            write_shard(cache, shard, reader, backbone, text_encoder, cfg, workers, advance)
+                text_encoder = TextEncoder(device=str(device))
+            summary = ExtractSummary(cfg.cache, n_rows, len(cache.shards()), len(work),
+                                     random_init=bool(backbone.info.get("random_init")))
+            start = time.perf_counter()
+            images = 0
+            total = sum(len(shard) * max(len(todo), 1) for shard, todo in mine)
+            with progress_bar(disable=not cfg.progress or not ranks.is_main) as bar:
+                task = bar.add_task("extract", total=total, rate="")
 
-    summary.seconds = time.perf_counter() - start
-    summary.images_per_s = images / summary.seconds if images else 0.0
-    cache.finalize()
+                def advance(n: int) -> None:
+                    nonlocal images
+                    images += n
+                    rate = images / max(time.perf_counter() - start, 1e-9)
+                    bar.update(task, advance=n, rate=f"{rate:.1f} img/s")
+
+                for shard, todo in mine:
+                    write_shard(cache, shard, todo, reader, backbone, text_encoder, cfg,
+                                workers, advance)
+            summary.seconds = time.perf_counter() - start
+            summary.images_per_s = images / summary.seconds if images else 0.0
+            ranks.barrier()  # every shard is written before rank 0 merges the sample rows
+            if not ranks.is_main:
+                return None
+            cache.finalize()
+    finally:
+        close_ranks(ranks)
     statuses = cache.samples().select(["status", "error"]).to_pylist()
     summary.ok = sum(r["status"] == "ok" for r in statuses)
     summary.errors = len(statuses) - summary.ok
     summary.error_reasons = Counter(r["error"] for r in statuses if r["error"])
+    summary.variants = cache.variants()
     return summary
 
 
 def write_shard(
     cache: Cache,
     shard: ShardRange,
+    variants: list[str],
     reader,
     backbone: FrozenBackbone,
     text_encoder,
@@ -240,17 +299,45 @@ def write_shard(
     workers: int,
     advance,
 ) -> None:
+    """Every missing piece of one shard, each written whole."""
     samples = list(reader.iter_samples(shard.start, shard.stop))
-    feats, rows = extract_shard(samples, backbone, cfg, workers, advance)
+    rows = None
+    # clean first: its pass also yields the sample rows (sizes, decode errors)
+    for variant in sorted(variants, key=lambda v: v != "clean"):
+        feats, variant_rows = extract_shard(samples, backbone, cfg, workers, advance, variant)
+        cache.write_features(variant, shard, feats)
+        if variant == "clean":
+            rows = variant_rows
+    if shard.index in cache.done_shards("samples"):
+        return
+    if rows is None:  # the clean features exist from an earlier run: rows from a decode pass
+        rows = shard_rows_only(samples, cfg)
     if text_encoder is not None:
         text, mask = text_encoder.encode([s.description for s in samples])
     else:
         text = np.zeros((len(samples), 384), np.float32)
         mask = np.zeros(len(samples), bool)
-    # Features and text first, sample rows last: the samples marker means "shard complete".
-    cache.write_features("clean", shard, feats)
+    # Text first, sample rows last: the samples marker means "this shard's rows are final".
     cache.write_text(shard, text, mask)
     cache.write_samples(shard, rows)
+
+
+def shard_rows_only(samples: list[Sample], cfg: ExtractConfig) -> list[dict]:
+    """samples.parquet rows from decoding alone (no backbone), for a shard whose clean
+    features survived an interrupted run but whose rows were not yet written."""
+    from roadwork_cache.data.images import ImageError, decode_image
+
+    rows = []
+    for sample in samples:
+        if sample.error:
+            rows.append(sample_row(sample, None, None, sample.error))
+            continue
+        try:
+            img = decode_image(sample.image_bytes)
+            rows.append(sample_row(sample, *img.info.get("full_size", img.size), None))
+        except ImageError as exc:
+            rows.append(sample_row(sample, None, None, str(exc)))
+    return rows
 
 
 def summary_table(summary: ExtractSummary) -> Table:
@@ -265,8 +352,9 @@ def summary_table(summary: ExtractSummary) -> Table:
     table.add_row("errors", str(summary.errors))
     for reason, count in summary.error_reasons.most_common(5):
         table.add_row(f"  {reason}", str(count))
+    table.add_row("variants", ", ".join(summary.variants))
     table.add_row("seconds", f"{summary.seconds:.1f}")
-    table.add_row("images / s", f"{summary.images_per_s:.2f}")
+    table.add_row("images / s (all variants)", f"{summary.images_per_s:.2f}")
     if summary.random_init:
         table.add_row("[yellow]backbone", "[yellow]random weights (tiny preset)")
     return table
