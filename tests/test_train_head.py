@@ -138,3 +138,38 @@ def test_cache_without_labels(monkeypatch, capsys, tmp_path):
     code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
                    "--no-progress")
     assert code == 2 and "no labelled rows" in capsys.readouterr().err
+
+
+def test_config_file_for_another_backbone_is_one_sentence(monkeypatch, capsys, tmp_path):
+    cache, _, _ = planted_cache(tmp_path / "cache", n=60)
+    config = tmp_path / "head.json"
+    config.write_text(json.dumps({"head": {"in_dim": 1280}, "train": {"lr": 1e-3}}))
+    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
+                   "--config", config, "--no-progress")
+    assert code == 2
+    assert "in_dim 1280 does not match the 32-d features" in capsys.readouterr().err
+
+
+def test_config_file_with_unknown_train_key(monkeypatch, capsys, tmp_path):
+    cache, _, _ = planted_cache(tmp_path / "cache", n=60)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("head:\n  layers: 1\ntrain:\n  learning_rate: 0.1\n")
+    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
+                   "--config", config, "--no-progress")
+    assert code == 2 and "unknown train config key(s): learning_rate" in capsys.readouterr().err
+
+
+def test_gps_target_csv_moves_the_sampled_distribution(tmp_path):
+    cache, _, _ = planted_cache(tmp_path / "cache", n=150)
+    target = tmp_path / "target.csv"
+    target.write_text("lat,lon\n" + "".join(f"{42.36 + i * 0.01},{-71.06 - i * 0.01}\n"
+                                            for i in range(20)))  # Boston only
+    opts = TrainHeadOptions(cache=cache, out=tmp_path / "run", head=dict(SMALL_HEAD),
+                            train=TrainConfig(epochs=1, batch_size=64), target=str(target),
+                            device="cpu", progress=False)
+    run_train_head(opts)
+    gps = json.loads((tmp_path / "run" / "config.json").read_text())["gps"]
+    assert gps["enabled"] and gps["target"] == str(target)
+    # a third of the rows are in Boston; weights 5 (near) vs 0.3 (far) lift that share
+    assert gps["share_within_100km_before"] == pytest.approx(1 / 3, abs=0.1)
+    assert gps["share_within_100km_after"] > 0.8

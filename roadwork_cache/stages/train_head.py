@@ -95,6 +95,13 @@ def leakage(data: CacheData, rows: np.ndarray, opts: TrainHeadOptions) -> tuple[
 
 
 def head_config(data: CacheData, opts: TrainHeadOptions, leaky: list[str]) -> HeadConfig:
+    asked = opts.head.get("in_dim")
+    if asked is not None and asked != data.in_dim:
+        preset = data.attrs.get("backbone", {}).get("preset")
+        raise UserError(
+            f"the head config's in_dim {asked} does not match the {data.in_dim}-d features of "
+            f"cache {opts.cache} (made with backbone {preset})"
+        )
     values: dict[str, Any] = {"in_dim": data.in_dim, **vocabularies(data)}
     values.update(opts.head)
     cfg = HeadConfig.from_dict(values)
