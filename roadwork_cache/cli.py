@@ -256,6 +256,7 @@ def report(
     path = write_report(run, out, set_name)
     typer.echo(f"report written to {path}")
 
+
 # <ensemble command>
 
 # <tta command>
