@@ -21,15 +21,24 @@ from roadwork_cache.heads.gafm import GAFM
 from roadwork_cache.heads.layers import InputProjection, MultiScalePyramid, SwiGLU
 from roadwork_cache.heads.pruning import TokenPruning
 
-torch.set_num_threads(2)
-
 B, V, D = 4, 12, 32
 
 
 def small_config(**overrides) -> HeadConfig:
     values = dict(
-        in_dim=D, dim=64, layers=1, heads=4, keep=8, pyramid_dims=(64, 32, 16), gate_dim=16,
-        gps_dim=16, tag_dim=8, text_dim=24, fusion_dim=64, classifier_dim=32, dropout=0.0,
+        in_dim=D,
+        dim=64,
+        layers=1,
+        heads=4,
+        keep=8,
+        pyramid_dims=(64, 32, 16),
+        gate_dim=16,
+        gps_dim=16,
+        tag_dim=8,
+        text_dim=24,
+        fusion_dim=64,
+        classifier_dim=32,
+        dropout=0.0,
     )
     values.update(overrides)
     return HeadConfig(**values)
@@ -38,8 +47,10 @@ def small_config(**overrides) -> HeadConfig:
 def full_meta(config: HeadConfig, batch: int = B) -> MetadataBatch:
     g = torch.Generator().manual_seed(1)
     return MetadataBatch(
-        gps=torch.stack([torch.rand(batch, generator=g) * 180 - 90,
-                         torch.rand(batch, generator=g) * 360 - 180], dim=1),
+        gps=torch.stack(
+            [torch.rand(batch, generator=g) * 180 - 90, torch.rand(batch, generator=g) * 360 - 180],
+            dim=1,
+        ),
         gps_mask=torch.ones(batch, dtype=torch.bool),
         weather=(torch.rand(batch, config.n_weather, generator=g) > 0.5).float(),
         daytime=torch.randint(0, len(config.daytime_vocab), (batch,), generator=g),
@@ -194,15 +205,16 @@ def test_all_null_metadata_gives_one_encoding_whatever_is_masked():
     torch.testing.assert_close(out, out[:1].expand_as(out))
     torch.testing.assert_close(out, encoder(MetadataBatch.null(B, config.n_weather, 24)))
     # the text slot of a NULL row is zero, the other slots are the learnable NULLs
-    assert out[:, -config.text_dim:].abs().max() == 0
+    assert out[:, -config.text_dim :].abs().max() == 0
     out.sum().backward()  # NaN under a mask must not reach the gradients either
     for p in encoder.parameters():
         assert p.grad is None or torch.isfinite(p.grad).all()
 
 
 def test_field_dropout_one_in_training_equals_all_null():
-    config = small_config(field_dropout=1.0, meta_fields=("gps", "weather", "daytime",
-                                                         "scene", "text"))
+    config = small_config(
+        field_dropout=1.0, meta_fields=("gps", "weather", "daytime", "scene", "text")
+    )
     encoder = MetadataEncoder(config)
     meta = full_meta(config)
     null = encoder.eval()(MetadataBatch.null(B, config.n_weather, config.text_dim))
@@ -217,7 +229,7 @@ def test_field_dropout_drops_fields_independently():
     out = encoder(meta)
     null = encoder(MetadataBatch.null(1, config.n_weather, config.text_dim))[0]
     gps_null = (out[:, :16] == null[:16]).all(-1).float()
-    scene_null = (out[:, 16 + 16:16 + 24] == null[16 + 16:16 + 24]).all(-1).float()
+    scene_null = (out[:, 16 + 16 : 16 + 24] == null[16 + 16 : 16 + 24]).all(-1).float()
     assert 0.35 < gps_null.mean() < 0.65 and 0.35 < scene_null.mean() < 0.65
     assert (gps_null != scene_null).any()  # not one coin for all fields
 
@@ -324,25 +336,43 @@ def test_config_invalid_values_are_user_errors(bad):
 # --- planted signal -----------------------------------------------------------------------
 
 
-def test_head_learns_a_planted_signal():
-    """Positives carry a fixed direction on 1-2 random views; the head must find it."""
-    torch.manual_seed(0)
-    n, signal = 256, 3.0
+def planted(n: int, signal: float, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random views; positives carry `signal * direction` on 1-2 random views."""
     x = torch.randn(n, V, D)
     y = torch.randint(0, 2, (n,))
-    direction = F.normalize(torch.randn(D), dim=0)
     for row in torch.nonzero(y).squeeze(1).tolist():
         views = torch.randperm(V)[: torch.randint(1, 3, ()).item()]
         x[row, views] += signal * direction
+    return x, y
+
+
+@pytest.fixture
+def one_thread():
+    # Small matmuls gain nothing from a second thread, and on a busy 2-core machine the
+    # threads' spin-waiting makes this test ten times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_head_learns_a_planted_signal(one_thread):
+    torch.manual_seed(0)
+    direction = F.normalize(torch.randn(D), dim=0)
+    x, y = planted(256, 5.0, direction)
+    x_new, y_new = planted(512, 5.0, direction)
     head = RoadworkHead(small_config())
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
     for _ in range(60):
-        out = head(x)
-        loss = F.cross_entropy(out.logits, y)
+        loss = F.cross_entropy(head(x).logits, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     head.eval()
     with torch.no_grad():
-        accuracy = (head(x).logits.argmax(-1) == y).float().mean().item()
-    assert accuracy > 0.9, accuracy
+        train_accuracy = (head(x).logits.argmax(-1) == y).float().mean().item()
+        new_accuracy = (head(x_new).logits.argmax(-1) == y_new).float().mean().item()
+    assert train_accuracy > 0.9, train_accuracy
+    # 256 rows of 12 x 32 noise can be memorised without the signal (training accuracy is
+    # then 1.0 too), so fresh rows are what show the head found the direction (chance 0.5).
+    assert new_accuracy > 0.75, new_accuracy

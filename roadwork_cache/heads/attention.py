@@ -39,8 +39,10 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         B, N, C = x.shape
         context = x if context is None else context
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(context)), self._split(
-            self.v_proj(context)
+        q, k, v = (
+            self._split(self.q_proj(x)),
+            self._split(self.k_proj(context)),
+            self._split(self.v_proj(context)),
         )
         dropout = self.attn_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # [B, H, N, C/H]
@@ -89,8 +91,7 @@ class GatedAttentionStack(nn.Module):
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            GatedAttentionBlock(dim, heads, mlp_ratio, dropout, attn_dropout)
-            for _ in range(layers)
+            GatedAttentionBlock(dim, heads, mlp_ratio, dropout, attn_dropout) for _ in range(layers)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -49,8 +49,13 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         # JSON gives lists; the dataclass keeps tuples so configs compare and hash as values.
-        for name in ("pyramid_dims", "weather_vocab", "daytime_vocab", "scene_vocab",
-                     "meta_fields"):
+        for name in (
+            "pyramid_dims",
+            "weather_vocab",
+            "daytime_vocab",
+            "scene_vocab",
+            "meta_fields",
+        ):
             setattr(self, name, tuple(getattr(self, name)))
         self.validate()
 
@@ -73,8 +78,20 @@ class HeadConfig:
 
     def validate(self) -> None:
         problems = []
-        for name in ("in_dim", "n_views", "dim", "layers", "heads", "gate_dim", "gps_dim",
-                     "gps_freqs", "tag_dim", "text_dim", "fusion_dim", "classifier_dim"):
+        for name in (
+            "in_dim",
+            "n_views",
+            "dim",
+            "layers",
+            "heads",
+            "gate_dim",
+            "gps_dim",
+            "gps_freqs",
+            "tag_dim",
+            "text_dim",
+            "fusion_dim",
+            "classifier_dim",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         if self.dim % self.heads:

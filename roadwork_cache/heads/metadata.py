@@ -109,7 +109,8 @@ class MetadataEncoder(nn.Module):
         self.field_dropout = config.field_dropout
         # GPS: sin/cos of lat and lon (radians) at octave frequencies, then a Linear.
         self.register_buffer(
-            "gps_freqs", 2.0 ** torch.arange(config.gps_freqs, dtype=torch.float32),
+            "gps_freqs",
+            2.0 ** torch.arange(config.gps_freqs, dtype=torch.float32),
             persistent=False,
         )
         self.gps_proj = nn.Linear(4 * config.gps_freqs, config.gps_dim)
@@ -130,8 +131,9 @@ class MetadataEncoder(nn.Module):
         if name not in self.fields:
             return torch.zeros_like(present)
         if self.training and self.field_dropout > 0:
-            present = present & (torch.rand(present.shape, device=present.device)
-                                 >= self.field_dropout)
+            present = present & (
+                torch.rand(present.shape, device=present.device) >= self.field_dropout
+            )
         return present
 
     def encode_gps(self, gps: Tensor) -> Tensor:
