@@ -281,7 +281,7 @@ def cache_info(
     else:
         from rich.console import Console
 
-        Console().print(cache_info_table(info))
+        Console(width=None if sys.stdout.isatty() else 120).print(cache_info_table(info))
 
 
 @cache_app.command("verify")

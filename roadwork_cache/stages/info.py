@@ -38,8 +38,14 @@ def cache_info_table(info: dict[str, Any]) -> Table:
                       f"{str(backbone.get('weights_sha256'))[:12]}")
     views = info.get("views", {})
     table.add_row("views", f"{views.get('layout')}: {views.get('n_views')} views")
+    by_kind: dict[str, list[dict]] = {}
     for name, recipe in info.get("variants", {}).items():
-        table.add_row(f"variant {name}", f"v{recipe.get('version')} {recipe.get('ops')}")
+        by_kind.setdefault(recipe.get("kind", name), []).append({"name": name, **recipe})
+    for kind, recipes in sorted(by_kind.items()):
+        names = ", ".join(r["name"] for r in recipes)
+        table.add_row(f"variants {kind}", f"{names} (recipe v{recipes[0].get('version')})")
+        for op in recipes[0].get("ops", []):
+            table.add_row("", f"[dim]{op}")
     table.add_row("source", str(info.get("source")))
     table.add_row("created", f"{info.get('created')} by roadwork-cache {info.get('tool_version')}")
     return table

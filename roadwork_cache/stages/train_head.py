@@ -161,15 +161,33 @@ def evaluate(
     tuned = {m: best_threshold(y[val], probs[(m, "clean", "none")][val])
              for m in ("head", "baseline")}
     rows = []
-    for (model_name, variant, meta_name), p in probs.items():
+    for (model_name, meta_name), group, members in evaluation_groups(probs):
         for set_name, idx in sets.items():
             if len(idx) == 0:
                 continue
+            # natix-K are K challenges of the same rows: scored together, as a validator
+            # would see them over time.
+            y_all = np.concatenate([y[idx]] * len(members))
+            p_all = np.concatenate([probs[(model_name, v, meta_name)][idx] for v in members])
             for t_name, t in (("0.5", 0.5), ("tuned", tuned[model_name])):
-                m = binary_metrics(y[idx], p[idx], t)
-                rows.append({"model": model_name, "set": set_name, "variant": variant,
+                m = binary_metrics(y_all, p_all, t)
+                rows.append({"model": model_name, "set": set_name, "variant": group,
                              "metadata": meta_name, "threshold_kind": t_name, **m})
     return rows, tuned["head"], {f"{k[0]}:{k[1]}:{k[2]}": v for k, v in probs.items()}
+
+
+def evaluation_groups(probs: dict[tuple, np.ndarray]) -> list[tuple[tuple, str, list[str]]]:
+    """((model, metadata), 'clean' | 'natix', [variants]) for every scored combination."""
+    out = []
+    keys = sorted({(m, meta) for m, _, meta in probs},
+                  key=lambda k: (k[0] != "head", k[1] != "none"))
+    for model_name, meta_name in keys:
+        variants = [v for m, v, meta in probs if m == model_name and meta == meta_name]
+        out.append(((model_name, meta_name), "clean", ["clean"]))
+        natix = sorted(v for v in variants if v.startswith("natix-"))
+        if natix:
+            out.append(((model_name, meta_name), "natix", natix))
+    return out
 
 
 def metrics_table(rows: list[dict[str, Any]], random_init: bool) -> Table:
