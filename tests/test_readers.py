@@ -117,3 +117,18 @@ def test_folder_without_data(tmp_path):
         open_source(str(tmp_path))
     with pytest.raises(UserError, match="no parquet files match"):
         open_source(str(tmp_path / "*.txt"))
+
+
+def test_splits_select_shards_by_name(shards):
+    reader = open_source(str(shards / "*.parquet"), splits=["test"])
+    assert len(reader) == 3 and {s.split for s in reader.iter_samples()} == {"test"}
+    assert len(open_source(str(shards), splits=["train", "test"])) == 20
+    with pytest.raises(UserError, match="no parquet shards of split"):
+        open_source(str(shards), splits=["validation"])
+
+
+def test_splits_select_manifest_rows(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    (tmp_path / "manifest.csv").write_text("filename,label,split\na.jpg,1,train\na.jpg,0,test\n")
+    reader = open_source(str(tmp_path), splits=["test"])
+    assert [s.label for s in reader.iter_samples()] == [0]

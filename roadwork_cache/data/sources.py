@@ -6,15 +6,45 @@ import glob
 from pathlib import Path
 
 from roadwork_cache.data.folder import ImageFolderReader
-from roadwork_cache.data.natix import NatixParquetReader
+from roadwork_cache.data.natix import SPLIT_NAMES, NatixParquetReader, split_from_path
 from roadwork_cache.errors import UserError
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 Reader = NatixParquetReader | ImageFolderReader
 
 
-def open_source(spec: str, manifest: str | None = None) -> Reader:
-    """Resolve a user's source argument: parquet glob/dir/file, or a folder with a manifest."""
+def open_source(
+    spec: str, manifest: str | None = None, splits: list[str] | None = None
+) -> Reader:
+    """Resolve a user's source argument: parquet glob/dir/file, or a folder with a manifest;
+    `splits` keeps only the rows of those splits."""
+    reader = _open(spec, manifest)
+    return reader if not splits else select_splits(reader, splits)
+
+
+def select_splits(reader: Reader, splits: list[str]) -> Reader:
+    """Parquet shards are chosen by the split in their file name (train-00000-of-...), an
+    image folder's rows by the manifest's `split` column."""
+    wanted = {SPLIT_NAMES.get(s.strip().lower(), s.strip().lower()) for s in splits}
+    if isinstance(reader, NatixParquetReader):
+        unknown = [f.name for f in reader.files if split_from_path(f) is None]
+        if unknown:
+            raise UserError(f"cannot tell the split of {unknown[0]} from its name; --splits "
+                            "needs shards named like train-00000-of-00010.parquet")
+        files = [f for f in reader.files if split_from_path(f) in wanted]
+        if not files:
+            raise UserError(f"no parquet shards of split(s) {', '.join(sorted(wanted))}")
+        return NatixParquetReader(files)
+    rows = [r for r in reader.rows
+            if SPLIT_NAMES.get(str(r.get("split") or "").lower()) in wanted]
+    if not rows:
+        raise UserError(f"manifest {reader.manifest} has no rows of split(s) "
+                        f"{', '.join(sorted(wanted))} (in its 'split' column)")
+    reader.rows = rows
+    return reader
+
+
+def _open(spec: str, manifest: str | None) -> Reader:
     if manifest is not None:
         path = Path(manifest)
         if not path.is_file():

@@ -49,6 +49,7 @@ class ExtractConfig:
     shard_rows: int = 1024
     chunk_rows: int = 16
     limit: int | None = None
+    splits: list[str] | None = None
     variants: list[str] = field(default_factory=lambda: ["clean"])
     text: bool = True
     progress: bool = True
@@ -215,7 +216,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
         raise UserError(f"unknown pooling {cfg.pool!r}; choose one of {', '.join(POOLS)}")
     for name in cfg.variants:
         check_variant(name)
-    reader = open_source(cfg.source, cfg.manifest)
+    reader = open_source(cfg.source, cfg.manifest, cfg.splits)
     n_rows = len(reader) if cfg.limit is None else min(cfg.limit, len(reader))
     if n_rows == 0:
         raise UserError(f"source {cfg.source} has no rows")
