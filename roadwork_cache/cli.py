@@ -79,6 +79,9 @@ def extract(
     shard_rows: Annotated[int, typer.Option(
         help="Rows per Zarr shard: the unit of writing and of resume.")] = 1024,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    splits: Annotated[str | None, typer.Option(
+        help="Only these splits, e.g. 'train' or 'train,test' (from shard names such as "
+        "train-00000-of-00010.parquet, or a manifest's 'split' column).")] = None,
     variants: Annotated[str, typer.Option(
         help="Variants to store: clean, aug:K (training augmentation), natix:K (the "
         "validator's 224 px challenges, level K % 4), tta:K (deterministic test-time views, "
@@ -104,6 +107,7 @@ def extract(
         source=source, cache=cache, backbone=backbone, weights=weights, manifest=manifest,
         view_size=view_size, pool=pool, batch_size=batch_size, workers=workers, device=device,
         shard_rows=shard_rows, limit=limit, variants=parse_variants(variants), text=text,
+        splits=[x for x in splits.split(",") if x.strip()] if splits else None,
         progress=progress,
     )
     summary = run_extract(cfg)
@@ -257,13 +261,228 @@ def report(
     typer.echo(f"report written to {path}")
 
 
-# <ensemble command>
+@app.command()
+def ensemble(
+    cache: Annotated[Path, typer.Option(help="Cache folder made by `roadwork extract`.")],
+    out: Annotated[Path, typer.Option(help="Ensemble folder (members, manifest, metrics); "
+                                      "finished members of an earlier run are reused.")],
+    members: Annotated[str, typer.Option(
+        help="'default' (baseline, no-pruning, deep, wide, heads16, gps-strong) or a YAML / "
+        "JSON file: a list of {name, seed, head, train, gps_strength, variants}.")
+    ] = "default",
+    folds: Annotated[int, typer.Option(
+        help="Grouped folds: each member trains once per fold for out-of-fold logits.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the folds (members have their own).")
+                    ] = 42,
+    dora_folds: Annotated[int, typer.Option(
+        help="DoRA folds of the target set (0: no DoRA).")] = 0,
+    dora_member: Annotated[str | None, typer.Option(
+        help="Member to adapt with DoRA (default: the best out-of-fold MCC).")] = None,
+    dora_lr: Annotated[float, typer.Option(help="DoRA learning rate.")] = 1e-4,
+    dora_rank: Annotated[int, typer.Option(help="DoRA rank.")] = 8,
+    dora_epochs: Annotated[int, typer.Option(help="DoRA epochs per fold (early stopping).")
+                           ] = 20,
+    target: Annotated[str | None, typer.Option(
+        help="Target set: a labelled cache (DoRA folds and GPS weighting) or a CSV of lat,lon "
+        "(GPS weighting only); default: the cache's test split.")] = None,
+    combine: Annotated[str, typer.Option(
+        help="auto (best cross-fitted OOF MCC), mean, weighted or stacked.")] = "auto",
+    distill: Annotated[bool, typer.Option(
+        "--distill", help="Also train one student head on the ensemble's soft labels.")
+    ] = False,
+    jobs: Annotated[int, typer.Option(
+        help="Worker processes for the member folds (each loads the cache itself).")] = 1,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per member fold.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 128,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the members.")] = 3e-4,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 8,
+    variants: Annotated[str | None, typer.Option(
+        help="Comma-separated cached variants drawn per row per epoch (default: clean, "
+        "aug-*, natix-*); a member's own 'variants' wins.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="JSON or YAML file with 'head' and 'train' sections under every member.")] = None,
+    gps_brackets: Annotated[str, typer.Option(
+        help="km:weight brackets of distance to the nearest target centre.")
+    ] = "50:5,200:2.5,500:1",
+    gps_beyond: Annotated[float, typer.Option(help="Weight beyond the last bracket.")] = 0.3,
+    leak_bound: Annotated[float, typer.Option(
+        help="A metadata field whose |MCC| with the label exceeds this is leaky.")] = 0.3,
+    allow_leaky_metadata: Annotated[bool, typer.Option(
+        "--allow-leaky-metadata", help="Keep leaky fields (scores will be inflated).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train diverse members on grouped folds, stack their out-of-fold logits, optionally adapt
+    one with DoRA folds on a target set and distil a student; print one table comparing every
+    member and combination, with and without metadata, clean and natix."""
+    from dataclasses import fields as dc_fields
 
-# <tta command>
+    from roadwork_cache.progress import console
+    from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble, train_config
+    from roadwork_cache.training.dora import DoraSettings
+    from roadwork_cache.training.loop import TrainConfig
 
-# <predict command>
+    file_cfg = _read_config_file(config) if config else {}
+    train_values = dict(file_cfg.get("train") or {})
+    unknown = sorted(set(train_values) - {f.name for f in dc_fields(TrainConfig)})
+    if unknown:
+        raise UserError(f"unknown train config key(s): {', '.join(unknown)}")
+    if min(epochs, batch_size, dora_epochs, dora_rank) < 1:
+        raise UserError("--epochs, --batch-size, --dora-epochs and --dora-rank must be at "
+                        "least 1")
+    train_values.update(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
+    opts = EnsembleOptions(
+        cache=cache, out=out, members=members, folds=folds, seed=seed,
+        head=dict(file_cfg.get("head") or {}), train=train_config(train_values),
+        variants=[v.strip() for v in variants.split(",")] if variants else None,
+        target=target, dora_folds=dora_folds, dora_member=dora_member,
+        dora=DoraSettings(rank=dora_rank, alpha=2.0 * dora_rank, lr=dora_lr,
+                          epochs=dora_epochs),
+        combine=combine, distill=distill, jobs=jobs, gps_brackets=_parse_brackets(gps_brackets),
+        gps_beyond=gps_beyond, leak_bound=leak_bound, allow_leaky=allow_leaky_metadata,
+        device=device, progress=progress,
+    )
+    result = run_ensemble(opts)
+    console.print(result["table"])
+    console.print(f"ensemble folder: {result['out']} (manifest.json, members/, "
+                  "meta_learner.json, metrics.json, predictions.parquet, table.txt)")
 
-# <demo command>
+@app.command()
+def tta(
+    cache: Annotated[Path, typer.Option(help="Cache folder with clean and tta-K variants.")],
+    model: Annotated[Path, typer.Option(
+        help="A `train-head` run folder or an `ensemble` folder trained on that cache.")],
+    out: Annotated[Path, typer.Option(
+        help="Predictions parquet to write; the metrics JSON goes beside it (.metrics.json).")],
+    split: Annotated[str, typer.Option(help="Split of the cache to score, or 'all'.")] = "test",
+    variants: Annotated[str | None, typer.Option(
+        help="Candidate variants, e.g. 'clean,tta:8' (default: clean and every cached tta-K).")
+    ] = None,
+    keep: Annotated[float, typer.Option(
+        help="Fraction of each image's candidates FOODS keeps, closest first (at least one).")
+    ] = 0.8,
+    distance: Annotated[str, typer.Option(
+        help="Distance to the training embeddings: mahalanobis (Ledoit-Wolf shrunk "
+        "covariance) or euclidean.")] = "mahalanobis",
+    temperature: Annotated[float, typer.Option(
+        help="Weights are softmax(-distance / temperature); 1 is the definition.")] = 1.0,
+    save_stats: Annotated[bool, typer.Option(
+        help="Write foods.safetensors into the model folder, so `roadwork predict --tta` "
+        "weighs its variants the same way.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """FOODS test-time augmentation from cached TTA variants, beside mean-TTA and no TTA.
+
+    Each candidate variant of an image is weighted by softmax(-d) of the Mahalanobis distance
+    d of its head embedding to the training rows' embeddings, after keeping the closest 80 %;
+    the image's probability is the weighted mean. Prints one table (MCC, accuracy, reward,
+    AUC, metadata-free) when the split has labels.
+    """
+    from roadwork_cache.progress import console
+    from roadwork_cache.stages.tta import TtaOptions, run_tta
+    from roadwork_cache.tta import FoodsSettings
+    from roadwork_cache.variants import parse_variants
+
+    opts = TtaOptions(
+        cache=cache, model=model, out=out, split=split,
+        variants=parse_variants(variants) if variants else None,
+        settings=FoodsSettings(keep=keep, distance=distance, temperature=temperature),
+        save_stats=save_stats, device=device, progress=progress,
+    )
+    result = run_tta(opts)
+    if result["table"] is not None:
+        console.print(result["table"])
+    else:
+        console.print(f"split {split} has no labels: predictions only, no metrics")
+    console.print(result["variant_table"])
+    console.print(f"predictions: {result['out']}; metrics: {result['metrics_path']}"
+                  + (f"; FOODS statistics: {result['stats_path']}" if result["stats_path"]
+                     else ""))
+
+@app.command()
+def predict(
+    images: Annotated[list[str], typer.Argument(
+        help="Image files, folders (searched recursively) or quoted globs; JPEG, PNG, WebP.")],
+    model: Annotated[Path, typer.Option(help="A `train-head` run folder or an `ensemble` folder.")
+                     ],
+    weights: Annotated[str | None, typer.Option(
+        help="Backbone weights (transformers folder or .pth / .safetensors file); default: the "
+        "file the model's cache was made with, if it is on this machine. Not needed for tiny.")
+    ] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone preset (default: the one recorded by the model's cache).")] = None,
+    tta: Annotated[bool, typer.Option(
+        help="On-the-fly TTA: score the clean image and its tta-K variants and combine them by "
+        "FOODS when the model folder holds foods.safetensors (from `roadwork tta`), else by "
+        "their mean.")] = False,
+    tta_variants: Annotated[str | None, typer.Option(
+        help="Variants for --tta, e.g. 'clean,tta:4' (default: those FOODS was fitted on, "
+        "else clean,tta:8).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward (x variants x 12 views).")
+                          ] = 8,
+    workers: Annotated[int | None, typer.Option(
+        help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON array: {path, probability, roadwork, error} per image.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """The probability a StreetVision miner would return for each image (0.5 is the cut).
+
+    Runs the whole path: decode, 12 views (and TTA variants), the frozen backbone the model's
+    cache was made with (any other is refused), the head or ensemble, the folded threshold.
+    An unreadable image gets an error line and the others still get answers; the exit
+    status is then 1.
+    """
+    from roadwork_cache.progress import console
+    from roadwork_cache.stages.predict import PredictOptions, answers_table, run_predict
+    from roadwork_cache.variants import parse_variants
+
+    opts = PredictOptions(
+        inputs=images, model=model, weights=weights, backbone=backbone, tta=tta,
+        tta_variants=parse_variants(tta_variants) if tta_variants else None,
+        batch_size=batch_size, workers=workers, device=device,
+        progress=progress and not json_out,
+    )
+    answers, predictor = run_predict(opts)
+    for note in predictor.notes:
+        console.print(f"note: {note}")
+    if json_out:
+        typer.echo(json.dumps([a.to_dict() for a in answers], indent=1))
+    else:
+        from rich.console import Console
+
+        Console().print(answers_table(answers, predictor))
+    failed = sum(a.error is not None for a in answers)
+    if failed:
+        console.print(f"{failed} of {len(answers)} image(s) could not be read")
+        raise typer.Exit(1)
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path(
+        "demo-out"),
+    rows: Annotated[int, typer.Option(help="Synthetic images.")] = 240,
+    view_size: Annotated[int, typer.Option(help="View size (multiple of 16).")] = 64,
+    variants: Annotated[str, typer.Option(help="Variants to extract.")
+                        ] = "clean,aug:2,natix:2,tta:4",
+    epochs: Annotated[int, typer.Option(help="Epochs of each head.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the data and the heads.")] = 0,
+    text: Annotated[bool, typer.Option(help="Embed scene descriptions (bundled MiniLM).")
+                    ] = True,
+) -> None:
+    """The whole chain on synthetic data, on a CPU, in minutes: synth -> extract (tiny
+    backbone) -> train-head -> ensemble -> tta -> predict -> report.
+
+    The tiny backbone has random weights: the scores demonstrate the machinery, not quality.
+    """
+    from roadwork_cache.stages.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(out=out, rows=rows, view_size=view_size, variants=variants,
+                         epochs=epochs, seed=seed, text=text))
 
 
 @cache_app.command("info")
