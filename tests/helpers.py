@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,6 +43,16 @@ def natix_row(i: int, **over) -> dict:
 
 def write_shard(path, rows, row_group_size=4) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+
+
+def shared_real() -> Path:
+    """The real photographs of ../shared/real (beside the repository, as CI lays it out);
+    ROADWORK_SHARED names another shared/ folder."""
+    candidates = []
+    if "ROADWORK_SHARED" in os.environ:
+        candidates.append(Path(os.environ["ROADWORK_SHARED"]) / "real")
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "real")
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
 
 
 def run_cli(monkeypatch, *args: str) -> int:

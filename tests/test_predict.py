@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from helpers import run_cli
+from helpers import run_cli, shared_real
 from roadwork_cache.bundle import load_bundle
 from roadwork_cache.data.images import ImageError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
@@ -23,7 +23,7 @@ from roadwork_cache.stages.extract import ExtractConfig, run_extract
 from roadwork_cache.stages.predict import PredictOptions, run_predict
 from roadwork_cache.store import Cache
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+REAL = shared_real()
 VIEW_SIZE = 64  # JPEG draft decoding stays off for the 256 px photo: file and PIL paths agree
 HEAD = {"dim": 32, "layers": 1, "heads": 2, "pyramid_dims": [32, 16], "fusion_dim": 32,
         "classifier_dim": 16, "gate_dim": 16, "dropout": 0.0}
@@ -32,7 +32,7 @@ HEAD = {"dim": 32, "layers": 1, "heads": 2, "pyramid_dims": [32, 16], "fusion_di
 def real_photos() -> list[Path]:
     assert REAL.is_dir(), (
         f"the real test photographs are missing: expected {REAL} (the shared/real folder "
-        "beside the repository, see its README.md)")
+        "beside the repository, see its README.md; or set ROADWORK_SHARED)")
     photos = sorted(p for p in REAL.iterdir() if p.suffix.lower() in {".jpg", ".png"})
     assert len(photos) == 5, f"expected 4 PNGs and 1 JPEG in {REAL}, found {photos}"
     return photos

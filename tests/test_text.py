@@ -1,13 +1,13 @@
 """Scene descriptions through the bundled all-MiniLM-L6-v2, offline."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 
+from helpers import shared_real
 from roadwork_cache.text import TEXT_DIM, TextEncoder
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real" / "descriptions.json"
+REAL = shared_real() / "descriptions.json"
 
 
 def test_embeddings_are_normalised_and_masked():
