@@ -291,7 +291,8 @@ def ensemble(
         "--distill", help="Also train one student head on the ensemble's soft labels.")
     ] = False,
     jobs: Annotated[int, typer.Option(
-        help="Worker processes for the member folds (each loads the cache itself).")] = 1,
+        help="Worker processes for the member folds, each loading the cache itself (on a "
+        "GPU they share it; small heads leave it idle between kernels).")] = 1,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per member fold.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 128,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the members.")] = 3e-4,

@@ -21,15 +21,11 @@ Everything lands in the output folder (see `roadwork_cache.ensemble_bundle`), wi
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import datetime as dt
 import hashlib
 import json
-import multiprocessing as mp
-import os
-import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +57,20 @@ from roadwork_cache.stages.train_head import (
 from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
 from roadwork_cache.training.distill import DistillConfig, distill
 from roadwork_cache.training.dora import DoraSettings, adapt
-from roadwork_cache.training.loop import TrainConfig, Trainer
-from roadwork_cache.training.losses import LossWeights
+from roadwork_cache.training.loop import EpochLog, TrainConfig
+from roadwork_cache.training.members import (
+    METAS,
+    Context,
+    ContextSpec,
+    FoldJob,
+    FoldOutput,
+    MemberSpec,
+    eval_keys,
+    load_members,
+    logits_by_key,
+    run_folds,
+    train_config,
+)
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
 from roadwork_cache.training.splits import grouped_folds, grouped_split
 from roadwork_cache.training.stacking import (
@@ -80,115 +88,7 @@ from roadwork_cache.training.stacking import (
     sigmoid,
 )
 
-METAS = ("none", "all")  # all metadata NULL (what a validator sends) / every field the head reads
 CLEAN = "clean:none"  # the key everything is fitted and tuned on: the deployment setting
-
-# ---- member specs ---------------------------------------------------------------------------
-
-
-@dataclass
-class MemberSpec:
-    """One ensemble member: overrides of the head and training settings, its own seed."""
-
-    name: str
-    seed: int = 0
-    head: dict[str, Any] = field(default_factory=dict)  # HeadConfig overrides
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
-    gps_strength: float = 1.0  # exponent on the GPS sampling weights: 0 off, 2 sharper
-    variants: list[str] | None = None  # cached variants it trains on (default: the run's)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "the members file") -> MemberSpec:
-        if not isinstance(data, dict):
-            raise UserError(f"every member in {where} must be a mapping, got {data!r}")
-        name = data.get("name")
-        label = f"member {name!r}" if name else "a member"
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise UserError(f"{label} in {where} has unknown key(s) {', '.join(unknown)} "
-                            f"(known: {', '.join(known)})")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise UserError(f"{label} in {where} needs a 'name' of letters, digits, '_', '.' "
-                            "or '-' (it names the member's folder)")
-        head, train = data.get("head") or {}, data.get("train") or {}
-        if not isinstance(head, dict) or not isinstance(train, dict):
-            raise UserError(f"{label} in {where}: 'head' and 'train' must be mappings")
-        bad = [f"head.{k}" for k in sorted(set(head) - {f.name for f in fields(HeadConfig)})]
-        bad += [f"train.{k}" for k in sorted(set(train) - TRAIN_KEYS)]
-        loss = train.get("loss") or {}
-        if not isinstance(loss, dict):
-            raise UserError(f"{label} in {where}: 'train.loss' must be a mapping")
-        bad += [f"train.loss.{k}" for k in sorted(set(loss) - {f.name for f in
-                                                                fields(LossWeights)})]
-        if bad:
-            raise UserError(f"{label} in {where} has unknown key(s) {', '.join(bad)}")
-        variants = data.get("variants")
-        try:
-            return cls(name=name, seed=int(data.get("seed", 0)), head=dict(head),
-                       train=dict(train), gps_strength=float(data.get("gps_strength", 1.0)),
-                       variants=None if variants is None else [str(v) for v in variants])
-        except (TypeError, ValueError):
-            raise UserError(f"{label} in {where} has a seed, gps_strength or variants of the "
-                            "wrong type") from None
-
-
-# The member seed is `seed`; a fold's training seed derives from it.
-TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed"}
-
-# DESIGN.md section 6: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting.
-DEFAULT_MEMBERS: list[dict[str, Any]] = [
-    {"name": "baseline", "seed": 1},
-    {"name": "no-pruning", "seed": 2, "head": {"keep": None}},
-    {"name": "deep", "seed": 3, "head": {"layers": 6}},
-    {"name": "wide", "seed": 4, "head": {"dim": 768}},
-    {"name": "heads16", "seed": 5, "head": {"heads": 16}},
-    {"name": "gps-strong", "seed": 6, "gps_strength": 2.0},
-]
-
-
-def load_members(spec: str) -> list[MemberSpec]:
-    """'default' or a YAML / JSON file: a list of member mappings (or {'members': [...]})."""
-    if spec == "default":
-        raw, where = DEFAULT_MEMBERS, "the default set"
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise UserError(f"--members {spec} is neither 'default' nor an existing file")
-        where = str(path)
-        try:
-            if path.suffix.lower() in {".yaml", ".yml"}:
-                import yaml
-
-                raw = yaml.safe_load(path.read_text())
-            else:
-                raw = json.loads(path.read_text())
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"members file {path} is not valid JSON/YAML: {first}") from None
-        if isinstance(raw, dict) and set(raw) == {"members"}:
-            raw = raw["members"]
-        if not isinstance(raw, list) or not raw:
-            raise UserError(f"members file {path} must hold a non-empty list of members")
-    specs = [MemberSpec.from_dict(item, where) for item in raw]
-    names = [s.name for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise UserError(f"member name(s) {', '.join(dupes)} occur twice in {where}")
-    return specs
-
-
-def train_config(values: dict[str, Any]) -> TrainConfig:
-    values = dict(values)
-    loss = values.pop("loss", None) or {}
-    try:
-        return TrainConfig(**values, loss=LossWeights(**loss))
-    except TypeError as exc:
-        raise UserError(f"invalid train config: {exc}") from None
-
 
 # ---- options --------------------------------------------------------------------------------
 
@@ -242,10 +142,6 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def eval_keys(variants: list[str]) -> list[str]:
-    return [f"{v}:{m}" for v in variants for m in METAS]
-
-
 # ---- the target set -------------------------------------------------------------------------
 
 
@@ -285,6 +181,9 @@ def resolve_target(opts: EnsembleOptions, data: CacheData, test_idx: np.ndarray,
             raise UserError(f"--target {opts.target} is not a cache; DoRA folds need a labelled "
                             "target cache (a CSV of lat,lon only steers GPS weighting)")
         return None  # a CSV: GPS weighting only (train-head's read_target checks it)
+    if path.resolve() == Path(data.root).resolve():
+        raise UserError(f"--target {opts.target} is the members' own cache, whose training rows "
+                        "they have seen; leave --target out to adapt to its test split")
     from roadwork_cache.store import Cache
 
     available = Cache.open(path).variants()
@@ -308,150 +207,6 @@ def resolve_target(opts: EnsembleOptions, data: CacheData, test_idx: np.ndarray,
         return None
     folds = grouped_folds(target.labels[rows], target.groups()[rows], k, opts.seed)
     return TargetSet(str(path), target, rows, True, folds, t_train, t_eval)
-
-
-# ---- one member fold: the unit of work (in this process or a worker) -----------------------
-
-
-@dataclass
-class ContextSpec:
-    """What a worker process needs to load the same data as the main process."""
-
-    cache: str
-    variants: list[str]
-    eval_variants: list[str]
-    test_rows: np.ndarray
-    target_cache: str | None  # a separate target cache whose rows get member logits
-    target_variants: list[str]
-    target_rows: np.ndarray
-    device: str
-    threads: int | None = None
-
-
-@dataclass
-class Context:
-    spec: ContextSpec
-    data: CacheData
-    target: CacheData | None
-    device: torch.device
-
-
-@dataclass
-class FoldJob:
-    member: str
-    fold: int  # 0-based
-    seed: int
-    head: dict[str, Any]
-    train: dict[str, Any]
-    variants: list[str]
-    train_rows: np.ndarray
-    val_rows: np.ndarray
-    weights: np.ndarray | None
-    folder: str
-
-
-@dataclass
-class FoldOutput:
-    member: str
-    fold: int
-    best_epoch: int
-    best_val_mcc: float
-    epochs_run: int
-    seconds: float
-    val: dict[str, np.ndarray]  # key -> logits on the held-out rows
-    test: dict[str, np.ndarray]  # key -> logits on the test rows
-    target: dict[str, np.ndarray]  # key -> logits on a separate target's labelled rows
-    full: np.ndarray  # clean, no metadata, every row of the cache (for the deployed output)
-    norm: LogitNorm  # every logit above is normalised with it
-
-
-def logits_by_key(model: RoadworkHead, data: CacheData, config: HeadConfig, rows: np.ndarray,
-                  variants: list[str], device: torch.device) -> dict[str, np.ndarray]:
-    meta = metadata_batch(config, data).select(torch.from_numpy(rows))
-    return {f"{v}:{m}": head_logits(model, data.features[v][rows],
-                                    meta if m == "all" else None, device)
-            for v in variants for m in METAS}
-
-
-def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
-    """Train one member on one fold, save its weights, return its logits."""
-    start = time.perf_counter()
-    torch.manual_seed(job.seed)  # init and dropout: the same in a worker as in-process
-    config = HeadConfig.from_dict(job.head)
-    model = RoadworkHead(config)
-    data = ctx.data
-    cfg = train_config({**job.train, "seed": job.seed})
-    trainer = Trainer(model, cfg, [data.features[v] for v in job.variants], data.labels,
-                      metadata_batch(config, data), ctx.device,
-                      eval_features=data.features["clean"])
-    result = trainer.fit(job.train_rows, job.val_rows, job.weights, on_epoch)
-    folder = Path(job.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              folder / "model.safetensors")
-    spec = ctx.spec
-    full = head_logits(model, data.features["clean"], None, ctx.device)
-    norm = LogitNorm.fit(full[job.train_rows])
-
-    def normed(logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: norm.apply(v) for k, v in logits.items()}
-
-    target = {}
-    if ctx.target is not None:
-        target = logits_by_key(model, ctx.target, config, spec.target_rows,
-                               spec.target_variants, ctx.device)
-    return FoldOutput(
-        job.member, job.fold, result.best_epoch, result.best_val_mcc, len(result.history),
-        time.perf_counter() - start,
-        val=normed(logits_by_key(model, data, config, job.val_rows, spec.eval_variants,
-                                 ctx.device)),
-        test=normed(logits_by_key(model, data, config, spec.test_rows, spec.eval_variants,
-                                  ctx.device)),
-        target=normed(target), full=norm.apply(full), norm=norm,
-    )
-
-
-_WORKER: Context | None = None
-
-
-def _init_worker(spec: ContextSpec) -> None:
-    global _WORKER
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    data = load_cache_data(spec.cache, spec.variants)
-    target = load_cache_data(spec.target_cache, spec.target_variants) if spec.target_cache \
-        else None
-    _WORKER = Context(spec, data, target, torch.device(spec.device))
-
-
-def _run_in_worker(job: FoldJob) -> FoldOutput:
-    assert _WORKER is not None, "worker not initialised"
-    return run_fold(_WORKER, job)
-
-
-def run_folds(ctx: Context, jobs: list[FoldJob], n_workers: int, bar, task) -> list[FoldOutput]:
-    """All fold jobs: one after another here, or in spawned worker processes that each load
-    the cache once (--jobs); each job seeds itself, so the order does not matter."""
-    outputs: list[FoldOutput] = []
-    if n_workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            def on_epoch(log, job=job):
-                bar.update(task, rate=f"{job.member} fold {job.fold + 1} epoch {log.epoch} "
-                                      f"val MCC {log.val_mcc:+.3f}")
-            outputs.append(run_fold(ctx, job, on_epoch))
-            bar.update(task, advance=1)
-        return outputs
-    spec = ContextSpec(**{**asdict(ctx.spec),
-                          "threads": max(1, (os.cpu_count() or 1) // n_workers)})
-    with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"),
-                                initializer=_init_worker, initargs=(spec,)) as pool:
-        futures = [pool.submit(_run_in_worker, job) for job in jobs]
-        for future in cf.as_completed(futures):
-            out = future.result()
-            outputs.append(out)
-            bar.update(task, advance=1, rate=f"{out.member} fold {out.fold + 1} val MCC "
-                                             f"{out.best_val_mcc:+.3f}")
-    return outputs
 
 
 # ---- members: train (or reuse) and assemble -------------------------------------------------
@@ -601,11 +356,37 @@ def ensemble_table(rows: list[dict[str, Any]], random_init: bool, target_name: s
 # ---- the stage --------------------------------------------------------------------------------
 
 
-def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
-    started = time.perf_counter()
-    device = resolve_device(opts.device)
-    specs = load_members(opts.members)
-    names = [s.name for s in specs]
+@dataclass
+class Prepared:
+    """Everything decided before any training: rows, folds, target, member configs."""
+
+    specs: list[MemberSpec]
+    data: CacheData
+    fingerprint: dict[str, Any]
+    random_init: bool
+    base_variants: list[str]
+    member_variants: dict[str, list[str]]
+    eval_variants: list[str]
+    pool: np.ndarray  # labelled non-test rows: the members' folds cover them
+    test_idx: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]  # positions into `pool`
+    target: TargetSet | None
+    audits: list
+    leaky: list[str]
+    configs: dict[str, HeadConfig]
+    gps_weights: np.ndarray | None  # over `pool`
+    gps_info: dict[str, Any]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def y_pool(self) -> np.ndarray:
+        return self.data.labels[self.pool]
+
+
+def check_options(opts: EnsembleOptions, names: list[str]) -> None:
     if opts.combine != "auto" and opts.combine not in METHODS:
         raise UserError(f"--combine {opts.combine!r} must be auto, {', '.join(METHODS)}")
     if opts.folds < 2 or opts.jobs < 1 or opts.dora_folds < 0 or opts.dora_folds == 1:
@@ -614,6 +395,13 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
     if opts.dora_member is not None and opts.dora_member not in names:
         raise UserError(f"--dora-member {opts.dora_member} is not a member "
                         f"(members: {', '.join(names)})")
+
+
+def prepare(opts: EnsembleOptions) -> Prepared:
+    """Load the cache, split rows, make folds, check the target and every member's config:
+    all bad input is refused here, before the first epoch."""
+    specs = load_members(opts.members)
+    check_options(opts, [s.name for s in specs])
     from roadwork_cache.store import Cache
 
     available = Cache.open(opts.cache).variants()
@@ -627,9 +415,7 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
     if random_init:
         console.print("[yellow]warning: this cache was made with random backbone weights; "
                       "scores demonstrate the machinery, not quality")
-    fingerprint = cache_fingerprint(data)
 
-    # ---- rows and folds (grouped by video) ----------------------------------------------------
     labelled = np.flatnonzero(data.labels >= 0)
     if len(labelled) == 0:
         raise UserError(f"cache {opts.cache} has no labelled rows to train on")
@@ -638,11 +424,10 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
     pool = labelled[~np.isin(split[labelled], ["test"])]
     if len(pool) == 0:
         raise UserError(f"cache {opts.cache} has no labelled rows outside the test split")
-    y_pool = data.labels[pool]
-    folds = grouped_folds(y_pool, data.groups()[pool], opts.folds, opts.seed)
+    folds = grouped_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
     target = resolve_target(opts, data, test_idx, eval_variants, base_variants)
     console.print(f"rows: {len(pool)} in {opts.folds} folds grouped by video, {len(test_idx)} "
-                  f"test; members: {', '.join(names)}"
+                  f"test; members: {', '.join(s.name for s in specs)}"
                   + (f"; target: {target.name} ({len(target.rows)} labelled rows)"
                      if target else ""))
 
@@ -654,258 +439,286 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
             configs[spec.name] = head_config(data, opts.head_options(spec), leaky)
         finally:
             console.quiet = False
-    base_weights, gps_info = sampling_weights(data, pool, test_idx, opts.head_options())
+    weights, gps_info = sampling_weights(data, pool, test_idx, opts.head_options())
+    return Prepared(specs, data, cache_fingerprint(data), random_init, base_variants,
+                    member_variants, eval_variants, pool, test_idx, folds, target, audits,
+                    leaky, configs, weights, gps_info)
 
-    opts.out.mkdir(parents=True, exist_ok=True)
-    folds_signature = digest({"ids": [data.ids[i] for i in pool], "folds": [
-        va.tolist() for _, va in folds]})
-    target_separate = target is not None and target.separate
-    ctx_spec = ContextSpec(
-        cache=str(opts.cache), variants=sorted(data.features), eval_variants=eval_variants,
-        test_rows=test_idx, target_cache=str(target.data.root) if target_separate else None,
-        target_variants=target.eval_variants if target_separate else [],
-        target_rows=target.rows if target_separate else np.zeros(0, np.int64),
-        device=str(device))
-    ctx = Context(ctx_spec, data, target.data if target_separate else None, device)
 
-    # ---- members: K folds each ----------------------------------------------------------------
-    results: dict[str, MemberResult] = {}
-    jobs: list[FoldJob] = []
-    member_info: dict[str, dict[str, Any]] = {}
+def context(p: Prepared, device: torch.device) -> Context:
+    separate = p.target is not None and p.target.separate
+    spec = ContextSpec(
+        cache=str(p.data.root), variants=sorted(p.data.features), eval_variants=p.eval_variants,
+        test_rows=p.test_idx, target_cache=str(p.target.data.root) if separate else None,
+        target_variants=p.target.eval_variants if separate else [],
+        target_rows=p.target.rows if separate else np.zeros(0, np.int64), device=str(device))
+    return Context(spec, p.data, p.target.data if separate else None, device)
+
+
+def plan_members(opts: EnsembleOptions, p: Prepared, ctx: Context
+                 ) -> tuple[dict[str, MemberResult], list[FoldJob], dict[str, dict]]:
+    """Members an earlier run into the same folder finished (same cache, same settings) are
+    reused; every other member gets one job per fold."""
+    folds_signature = digest({"ids": [p.data.ids[i] for i in p.pool],
+                              "folds": [va.tolist() for _, va in p.folds]})
     base_train = opts.train.to_dict()
-    for spec in specs:
+    reused: dict[str, MemberResult] = {}
+    jobs: list[FoldJob] = []
+    infos: dict[str, dict] = {}
+    for spec in p.specs:
         train = {**base_train, **spec.train,
                  "loss": {**base_train["loss"], **(spec.train.get("loss") or {})}}
         train_config(train)  # fail on a bad value now, not in a worker
-        weights = None if base_weights is None else base_weights ** spec.gps_strength
-        info = {"spec": spec.to_dict(), "head": configs[spec.name].to_dict(), "train": train,
-                "variants": member_variants[spec.name], "cache_fingerprint": fingerprint,
+        weights = None if p.gps_weights is None else p.gps_weights ** spec.gps_strength
+        info = {"spec": spec.to_dict(), "head": p.configs[spec.name].to_dict(), "train": train,
+                "variants": p.member_variants[spec.name], "cache_fingerprint": p.fingerprint,
                 "gps_strength": spec.gps_strength}
         info["signature"] = digest({**info, "folds": folds_signature, "weights": digest(
-            weights), "target": ctx_spec.target_cache, "eval": eval_variants})
-        member_info[spec.name] = info
-        reused = reuse_member(opts.out, spec.name, fingerprint, info["signature"])
-        if reused is not None:
-            results[spec.name] = reused
+            weights), "target": ctx.spec.target_cache, "eval": p.eval_variants})
+        infos[spec.name] = info
+        done = reuse_member(opts.out, spec.name, p.fingerprint, info["signature"])
+        if done is not None:
+            reused[spec.name] = done
             continue
-        for k, (tr, va) in enumerate(folds):
+        for k, (tr, va) in enumerate(p.folds):
             jobs.append(FoldJob(
-                spec.name, k, spec.seed * 1000 + k, configs[spec.name].to_dict(), train,
-                member_variants[spec.name], pool[tr], pool[va],
+                spec.name, k, spec.seed * 1000 + k, p.configs[spec.name].to_dict(), train,
+                p.member_variants[spec.name], p.pool[tr], p.pool[va],
                 None if weights is None else weights[tr],
                 str(member_dir(opts.out, spec.name) / f"fold-{k + 1}")))
+    return reused, jobs, infos
 
-    n_dora = opts.dora_folds
+
+def write_member_configs(out: Path, p: Prepared, results: dict[str, MemberResult],
+                         member_cal: dict[str, Calibration]) -> None:
+    """Each fold folder's config.json, in the train-head layout (so `load_head` and
+    `load_bundle` read a fold on its own), with the member's OOF-tuned cut."""
+    for n, res in results.items():
+        for k, rel in enumerate(res.folders):
+            norm = LogitNorm.from_dict(res.info["folds"][k]["logit_norm"])
+            write_head_config(out / rel, {
+                "kind": "ensemble-member", "member": n, "fold": k + 1,
+                "tool_version": __version__, "cache": p.fingerprint["path"],
+                "cache_fingerprint": p.fingerprint, "backbone": p.data.attrs.get("backbone"),
+                "views": p.data.attrs.get("views"), "head": res.config.to_dict(),
+                "train": res.info["train"], "variants": res.info["variants"],
+                "threshold": norm.raw_threshold(member_cal[n].cut()),
+                "logit_norm": norm.to_dict(), "leaky_fields": p.leaky})
+
+
+@dataclass
+class Combined:
+    """Member logits stacked [n, M] per key, the three combinations and their calibration."""
+
+    z_oof: dict[str, np.ndarray]
+    z_test: dict[str, np.ndarray]
+    z_target: dict[str, np.ndarray]
+    member_cal: dict[str, Calibration]
+    member_mcc: dict[str, float]
+    combos: dict[str, Combination]  # fitted on every OOF row: what is deployed
+    oof: dict[str, dict[str, np.ndarray]]  # method -> key -> cross-fitted OOF logit
+    cal: dict[str, Calibration]
+    oof_mcc: dict[str, float]
+    method: str
+
+
+def combine(opts: EnsembleOptions, p: Prepared, results: dict[str, MemberResult]) -> Combined:
+    names, y = p.names, p.y_pool
+    member_cal = {n: calibrate(results[n].oof[CLEAN], y, temperature=False) for n in names}
+    member_mcc = {n: binary_metrics(y, sigmoid(results[n].oof[CLEAN]),
+                                    member_cal[n].threshold)["mcc"] for n in names}
+    keys = list(results[names[0]].oof)
+    z_oof = {k: np.stack([results[n].oof[k] for n in names], 1) for k in keys}
+    z_test = {k: np.stack([results[n].test[k] for n in names], 1) for k in keys}
+    z_target: dict[str, np.ndarray] = {}
+    if p.target is not None:
+        z_target = ({k: np.stack([results[n].target[k] for n in names], 1)
+                     for k in results[names[0]].target} if p.target.separate else z_test)
+    combos = {m: fit_combination(m, z_oof[CLEAN], y, names, opts.seed) for m in METHODS}
+    oof = {}
+    for m in METHODS:
+        per_fold = fold_combinations(m, z_oof[CLEAN], y, p.folds, names, opts.seed)
+        oof[m] = {k: apply_folds(per_fold, p.folds, z_oof[k]) for k in keys}
+    cal = {m: calibrate(oof[m][CLEAN], y) for m in METHODS}
+    oof_mcc = {m: binary_metrics(y, cal[m].prob(oof[m][CLEAN]), cal[m].threshold)["mcc"]
+               for m in METHODS}
+    # Ties go to the simpler method (METHODS is ordered simplest first).
+    method = opts.combine if opts.combine != "auto" else max(
+        METHODS, key=lambda m: (round(oof_mcc[m], 6), -METHODS.index(m)))
+    console.print("OOF MCC (no metadata): " + ", ".join(
+        f"{n} {member_mcc[n]:+.3f}" for n in names) + " | " + ", ".join(
+        f"{m} {oof_mcc[m]:+.3f}" for m in METHODS) + f" -> {method}")
+    return Combined(z_oof, z_test, z_target, member_cal, member_mcc, combos, oof, cal,
+                    oof_mcc, method)
+
+
+def target_scored(logits: dict[str, np.ndarray], target: TargetSet) -> Scored:
+    """Scored on the target with cross-fitted cuts: every model may re-tune its threshold to
+    the target, honestly, so adaptation must beat recalibration to count."""
+    return Scored(logits, cross_fitted_cuts(logits[CLEAN], target.labels, target.folds))
+
+
+def score_entries(p: Prepared, results: dict[str, MemberResult], c: Combined
+                  ) -> dict[str, dict[str, Scored]]:
+    """Members and combinations on the OOF rows (cut tuned there), the test rows (same cut)
+    and the target (cross-fitted cuts)."""
+    entries: dict[str, dict[str, Scored]] = {}
+    for i, n in enumerate(p.names):
+        cut = c.member_cal[n].cut()
+        entries[n] = {"oof": Scored(results[n].oof, cut), "test": Scored(results[n].test, cut)}
+        if p.target is not None:
+            entries[n]["target"] = target_scored({k: v[:, i] for k, v in c.z_target.items()},
+                                                 p.target)
+    for m in METHODS:
+        cut = c.cal[m].cut()
+        entries[m] = {"oof": Scored(c.oof[m], cut),
+                      "test": Scored({k: c.combos[m].apply(v) for k, v in c.z_test.items()},
+                                     cut)}
+        if p.target is not None:
+            entries[m]["target"] = target_scored(
+                {k: c.combos[m].apply(v) for k, v in c.z_target.items()}, p.target)
+    return entries
+
+
+def swap_member(z: dict[str, np.ndarray], col: int, logits: dict[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+    """Member logits with one member's column replaced (by its DoRA-adapted bag)."""
+    out = {k: v.copy() for k, v in z.items()}
+    for k in out:
+        out[k][:, col] = logits[k]
+    return out
+
+
+def add_dora_entries(entries: dict, p: Prepared, c: Combined, dora: DoraRun) -> None:
+    target, col, combo = p.target, p.names.index(dora.member), c.combos[c.method]
+    entries["dora"] = {"target": target_scored(dora.oof, target)}
+    entries[f"{c.method}+dora"] = {"target": target_scored(
+        {k: combo.apply(v) for k, v in swap_member(c.z_target, col, dora.oof).items()},
+        target)}
+    if dora.test is not None:  # a separate target: what adaptation costs on the source's test
+        entries["dora"]["test"] = Scored(dora.test, calibrate(
+            dora.oof[CLEAN], target.labels, temperature=False).cut())
+        entries[f"{c.method}+dora"]["test"] = Scored(
+            {k: combo.apply(v) for k, v in swap_member(c.z_test, col, dora.test).items()},
+            c.cal[c.method].cut())
+
+
+@dataclass
+class Deployment:
+    kind: str  # "ensemble" or "ensemble+dora"
+    reason: str
+    calibration: Calibration
+    calibration_set: str  # "oof" (source OOF rows) or "target" (cross-fitted target rows)
+    calibration_logits: np.ndarray
+
+
+def choose_deployment(p: Prepared, c: Combined, entries: dict, dora: DoraRun | None
+                      ) -> Deployment:
+    """The adapted ensemble only where DoRA beats the plain one on the target (both with
+    cross-fitted cuts); its temperature and threshold are then fitted on the target rows."""
+    method = c.method
+    plain = Deployment("ensemble", f"{method} combination of {len(p.names)} members",
+                       c.cal[method], "oof", c.oof[method][CLEAN])
+    if dora is None:
+        return plain
+    y_t = p.target.labels
+    before = score_rows(method, "target", entries[method]["target"], y_t, ["clean"])[0]["mcc"]
+    after = score_rows(method, "target", entries[f"{method}+dora"]["target"], y_t,
+                       ["clean"])[0]["mcc"]
+    dora.info.update(target_mcc_plain=before, target_mcc_adapted=after)
+    if after <= before:
+        plain.reason += (f"; DoRA folds did not help on the target ({after:+.3f} vs "
+                         f"{before:+.3f}), so they are reported, not deployed")
+        return plain
+    z = entries[f"{method}+dora"]["target"].logits[CLEAN]
+    return Deployment("ensemble+dora", f"DoRA folds raise the target MCC from {before:+.3f} "
+                      f"to {after:+.3f}", calibrate(z, y_t), "target", z)
+
+
+def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
+    started = time.perf_counter()
+    device = resolve_device(opts.device)
+    p = prepare(opts)
+    names = p.names
+    opts.out.mkdir(parents=True, exist_ok=True)
+    ctx = context(p, device)
+    results, jobs, infos = plan_members(opts, p, ctx)
+
     with progress_bar(disable=not opts.progress) as bar:
-        task = bar.add_task("ensemble", total=len(jobs) + n_dora + int(opts.distill), rate="")
+        task = bar.add_task("ensemble", total=len(jobs) + opts.dora_folds + int(opts.distill),
+                            rate="")
+        # ---- members: K folds each, in this process or in workers ------------------------
         t0 = time.perf_counter()
-        outputs = run_folds(ctx, jobs, opts.jobs, bar, task)
+
+        def on_epoch(job: FoldJob, log: EpochLog) -> None:
+            bar.update(task, rate=f"{job.member} fold {job.fold + 1} epoch {log.epoch} "
+                                  f"val MCC {log.val_mcc:+.3f}")
+
+        def on_done(out: FoldOutput) -> None:
+            bar.update(task, advance=1, rate=f"{out.member} fold {out.fold + 1} val MCC "
+                                             f"{out.best_val_mcc:+.3f}")
+
+        outputs = run_folds(ctx, jobs, opts.jobs, on_epoch, on_done)
         member_seconds = time.perf_counter() - t0
-        for spec in specs:
-            if spec.name in results:
-                continue
-            mine = [o for o in outputs if o.member == spec.name]
-            results[spec.name] = assemble_member(opts.out, spec.name, configs[spec.name], mine,
-                                                 folds, len(pool), member_info[spec.name])
-
-        # ---- members' thresholds and the folds' config.json (train-head layout) ------------
-        member_cal = {n: calibrate(results[n].oof[CLEAN], y_pool, temperature=False)
-                      for n in names}
         for n in names:
-            res = results[n]
-            for k, rel in enumerate(res.folders):
-                norm = LogitNorm.from_dict(res.info["folds"][k]["logit_norm"])
-                write_head_config(opts.out / rel, {
-                    "kind": "ensemble-member", "member": n, "fold": k + 1,
-                    "tool_version": __version__, "cache": fingerprint["path"],
-                    "cache_fingerprint": fingerprint, "backbone": data.attrs.get("backbone"),
-                    "views": data.attrs.get("views"), "head": res.config.to_dict(),
-                    "train": res.info["train"], "variants": res.info["variants"],
-                    # the member's OOF-tuned cut, on this fold model's own probability
-                    "threshold": norm.raw_threshold(member_cal[n].cut()),
-                    "logit_norm": norm.to_dict(), "leaky_fields": leaky})
+            if n not in results:
+                results[n] = assemble_member(opts.out, n, p.configs[n],
+                                             [o for o in outputs if o.member == n], p.folds,
+                                             len(p.pool), infos[n])
+        results = {n: results[n] for n in names}
 
-        # ---- combinations: fitted on OOF logits, scored cross-fitted ------------------------
-        keys = list(results[names[0]].oof)
-        z_oof = {k: np.stack([results[n].oof[k] for n in names], 1) for k in keys}
-        z_test = {k: np.stack([results[n].test[k] for n in names], 1) for k in keys}
-        combos = {m: fit_combination(m, z_oof[CLEAN], y_pool, names, opts.seed)
-                  for m in METHODS}
-        per_fold = {m: fold_combinations(m, z_oof[CLEAN], y_pool, folds, names, opts.seed)
-                    for m in METHODS}
-        combo_oof = {m: {k: apply_folds(per_fold[m], folds, z_oof[k]) for k in keys}
-                     for m in METHODS}
-        combo_cal = {m: calibrate(combo_oof[m][CLEAN], y_pool) for m in METHODS}
-        oof_mcc = {m: binary_metrics(y_pool, combo_cal[m].prob(combo_oof[m][CLEAN]),
-                                     combo_cal[m].threshold)["mcc"] for m in METHODS}
-        # Ties go to the simpler method (METHODS is ordered simplest first).
-        method = opts.combine if opts.combine != "auto" else max(
-            METHODS, key=lambda m: (round(oof_mcc[m], 6), -METHODS.index(m)))
-        member_mcc = {n: binary_metrics(y_pool, sigmoid(results[n].oof[CLEAN]),
-                                        member_cal[n].threshold)["mcc"] for n in names}
-        console.print("OOF MCC (no metadata): " + ", ".join(
-            f"{n} {member_mcc[n]:+.3f}" for n in names) + " | " + ", ".join(
-            f"{m} {oof_mcc[m]:+.3f}" for m in METHODS) + f" -> {method}")
+        # ---- combinations on the OOF logits, then every model scored -------------------------
+        c = combine(opts, p, results)
+        write_member_configs(opts.out, p, results, c.member_cal)
+        entries = score_entries(p, results, c)
 
-        # ---- scored entries: members and combinations on oof / test / target ---------------
-        entries: dict[str, dict[str, Scored]] = {}
-        y_t = target.labels if target else None
-        z_target: dict[str, np.ndarray] = {}
-        if target is not None:
-            z_target = ({k: np.stack([results[n].target[k] for n in names], 1)
-                         for k in results[names[0]].target} if target.separate else z_test)
-
-        def target_scored(logits: dict[str, np.ndarray]) -> Scored:
-            return Scored(logits, cross_fitted_cuts(logits[CLEAN], y_t, target.folds))
-
-        for i, n in enumerate(names):
-            entries[n] = {"oof": Scored(results[n].oof, member_cal[n].cut()),
-                          "test": Scored(results[n].test, member_cal[n].cut())}
-            if target is not None:
-                entries[n]["target"] = target_scored({k: v[:, i] for k, v in z_target.items()})
-        for m in METHODS:
-            entries[m] = {"oof": Scored(combo_oof[m], combo_cal[m].cut()),
-                          "test": Scored({k: combos[m].apply(v) for k, v in z_test.items()},
-                                         combo_cal[m].cut())}
-            if target is not None:
-                entries[m]["target"] = target_scored(
-                    {k: combos[m].apply(v) for k, v in z_target.items()})
-
-        # ---- DoRA folds on the target ----------------------------------------------------------
-        dora_info: dict[str, Any] | None = None
-        dora_full = dora_test_bag = dora_oof = None
-        if n_dora:
-            base = opts.dora_member or max(names, key=lambda n: member_mcc[n])
-            dora_oof, dora_full, dora_test_bag, dora_info = run_dora(
-                opts, target, results[base], data, device, bar, task, test_idx)
-            dora_info["member"] = base
-            col = names.index(base)
-            entries["dora"] = {"target": target_scored(dora_oof)}
-            swapped = {k: v.copy() for k, v in z_target.items()}
-            for k in swapped:
-                swapped[k][:, col] = dora_oof[k]
-            entries[f"{method}+dora"] = {"target": target_scored(
-                {k: combos[method].apply(v) for k, v in swapped.items()})}
-            if target.separate:  # what adaptation costs on the source's own test rows
-                dora_cut = calibrate(dora_oof[CLEAN], y_t, temperature=False).cut()
-                entries["dora"]["test"] = Scored(dora_test_bag, dora_cut)
-                swapped_test = {k: v.copy() for k, v in z_test.items()}
-                for k in swapped_test:
-                    swapped_test[k][:, col] = dora_test_bag[k]
-                entries[f"{method}+dora"]["test"] = Scored(
-                    {k: combos[method].apply(v) for k, v in swapped_test.items()},
-                    combo_cal[method].cut())
-
-        # ---- what is deployed, and its calibration -----------------------------------------
-        deployed, reason = "ensemble", f"{method} combination of {len(names)} members"
-        calibration = combo_cal[method]
-        calibration_rows = ("oof", combo_oof[method][CLEAN], y_pool)
-        if n_dora:
-            plain = score_rows(method, "target", entries[method]["target"], y_t, ["clean"])
-            adapted = score_rows("+dora", "target", entries[f"{method}+dora"]["target"], y_t,
-                                 ["clean"])
-            plain_mcc, adapted_mcc = plain[0]["mcc"], adapted[0]["mcc"]
-            dora_info.update(target_mcc_plain=plain_mcc, target_mcc_adapted=adapted_mcc)
-            if adapted_mcc > plain_mcc:
-                deployed = "ensemble+dora"
-                reason = (f"DoRA folds raise the target MCC from {plain_mcc:+.3f} to "
-                          f"{adapted_mcc:+.3f}")
-                z_cal = entries[f"{method}+dora"]["target"].logits[CLEAN]
-                calibration = calibrate(z_cal, y_t)
-                calibration_rows = ("target", z_cal, y_t)
-            else:
-                reason += (f"; DoRA folds did not help on the target ({adapted_mcc:+.3f} vs "
-                           f"{plain_mcc:+.3f}), so they are reported, not deployed")
-        console.print(f"deployed: {deployed} ({reason}); temperature "
-                      f"{calibration.temperature:.3f}, threshold {calibration.threshold:.3f} "
-                      f"folded to 0.5")
-
+        # ---- DoRA folds on the target, and what is deployed ----------------------------------
+        dora = None
+        if opts.dora_folds:
+            member = opts.dora_member or max(names, key=lambda n: c.member_mcc[n])
+            dora = run_dora(opts, p, results[member], device, bar, task)
+            add_dora_entries(entries, p, c, dora)
+        deploy = choose_deployment(p, c, entries, dora)
+        console.print(f"deployed: {deploy.kind} ({deploy.reason}); temperature "
+                      f"{deploy.calibration.temperature:.3f}, threshold "
+                      f"{deploy.calibration.threshold:.3f} folded to 0.5")
         z_full = np.stack([results[n].full for n in names], 1)
-        if deployed == "ensemble+dora":
-            z_full[:, names.index(dora_info["member"])] = dora_full
-        deployed_prob = calibration.folded(combos[method].apply(z_full))
+        if deploy.kind == "ensemble+dora":
+            z_full[:, names.index(dora.member)] = dora.full
+        deployed_prob = deploy.calibration.folded(c.combos[c.method].apply(z_full))
 
-        # ---- distilled student ------------------------------------------------------------
-        student_info = None
+        # ---- distilled student ---------------------------------------------------------------
+        student = None
         if opts.distill:
-            student_info = run_student(opts, data, configs[names[0]], base_variants, pool,
-                                       folds, combo_cal[method].prob(combo_oof[method][CLEAN]),
-                                       device, fingerprint, leaky, entries, test_idx, target,
-                                       bar, task)
+            soft = c.cal[c.method].prob(c.oof[c.method][CLEAN])
+            student = run_student(opts, p, soft, device, entries, bar, task)
 
-    # ---- the output folder ----------------------------------------------------------------
-    members_manifest = []
-    for n in names:
-        folders = results[n].folders
-        if deployed == "ensemble+dora" and n == dora_info["member"]:
-            folders = dora_info["folders"]
-        members_manifest.append({"name": n, "folders": folders,
-                                 "source": "members" if folders == results[n].folders
-                                 else "dora"})
-    combination = combos[method]
-    meta_learner = {"method": method, "combination": combination.to_dict(),
-                    "all_methods": {m: combos[m].to_dict() for m in METHODS},
-                    "calibration": calibration.to_dict(),
-                    "oof_mcc": {**member_mcc, **oof_mcc}}
-    (opts.out / "meta_learner.json").write_text(json.dumps(meta_learner, indent=2))
-    manifest = {
-        "kind": "ensemble", "format_version": FORMAT_VERSION, "tool_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cache": fingerprint["path"], "cache_fingerprint": fingerprint,
-        "backbone": data.attrs.get("backbone"), "views": data.attrs.get("views"),
-        "members": members_manifest, "method": method, "combination": combination.to_dict(),
-        "calibration": calibration.to_dict(), "temperature": calibration.temperature,
-        "threshold": calibration.threshold, "calibration_rows": calibration_rows[0],
-        "deployed": deployed, "reason": reason, "folds": opts.folds, "seed": opts.seed,
-        "target": target.name if target else None, "dora": dora_info,
-        "student": "student" if student_info else None, "leaky_fields": leaky,
-        "gps": gps_info, "variants": {n: member_variants[n] for n in names},
-    }
-    (opts.out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
-    (opts.out / "audit.json").write_text(json.dumps([a.to_dict() for a in audits], indent=2))
-
-    # The bundle must reproduce what this stage computed (same weights, same arithmetic).
+    # ---- the output folder ------------------------------------------------------------------
+    manifest = write_manifest(opts, p, results, c, deploy, dora, student)
+    # The bundle must reproduce what this stage computed (same weights, same arithmetic; on
+    # CUDA bf16 autocast with other batch shapes moves the last digits, hence the wider bound).
     bundle = load_ensemble(opts.out, device)
-    check_rows = np.arange(min(len(data), 256))
+    check = np.arange(min(len(p.data), 64))
     bundle_diff = float(np.max(np.abs(
-        bundle.predict(data.features["clean"][check_rows]) - deployed_prob[check_rows])))
-    if bundle_diff > 1e-4:
+        bundle.predict(p.data.features["clean"][check]) - deployed_prob[check])))
+    if bundle_diff > (1e-4 if device.type == "cpu" else 5e-2):
         raise RuntimeError(f"the saved ensemble does not reproduce the stage's predictions "
                            f"(max difference {bundle_diff:.2e})")
+    if student is not None:
+        student.update(speed(bundle, opts.out / "student", p.data, p.test_idx, device))
 
-    if student_info is not None:
-        student_info.update(speed(bundle, opts.out / "student", data, test_idx, device))
-
-    rows: list[dict[str, Any]] = []
-    sets = {"oof": (y_pool, eval_variants), "test": (data.labels[test_idx], eval_variants)}
-    if target is not None:
-        sets["target"] = (y_t, target.eval_variants)
-    for model_name, by_set in entries.items():
-        for set_name, scored in by_set.items():
-            y, variants = sets[set_name]
-            if len(y):
-                rows.extend(score_rows(model_name, set_name, scored, y, variants))
-    table = ensemble_table(rows, random_init, target.name if target else None)
-
-    write_predictions(opts.out, data, pool, test_idx, names, results, combo_oof, combos,
-                      method, z_test, deployed_prob, calibration, calibration_rows)
-    if target is not None and target.separate:
-        cols = {"id": [target.data.ids[i] for i in target.rows],
-                "label": target.labels.tolist()}
-        for i, n in enumerate(names):
-            cols[n] = z_target[CLEAN][:, i]
-        for name, by_set in entries.items():
-            if name not in names and "target" in by_set:
-                cols[name] = by_set["target"].logits[CLEAN]
-        pq.write_table(pa.table(cols), opts.out / "target_predictions.parquet")
-
+    rows = metric_rows(p, entries)
+    table = ensemble_table(rows, p.random_init, p.target.name if p.target else None)
+    write_predictions(opts.out, p, results, c, deployed_prob, deploy)
+    write_target_predictions(opts.out, p, c, entries)
     metrics = {
-        "deployed": deployed, "reason": reason, "method": method,
-        "calibration": calibration.to_dict(), "calibration_rows": calibration_rows[0],
-        "oof_mcc": {**member_mcc, **oof_mcc}, "members": {n: results[n].info for n in names},
-        "dora": dora_info, "student": student_info, "bundle_max_diff": bundle_diff,
-        "seconds": {"members": member_seconds, "total": time.perf_counter() - started},
-        "random_init_backbone": random_init, "rows": rows,
+        "deployed": deploy.kind, "reason": deploy.reason, "method": c.method,
+        "calibration": deploy.calibration.to_dict(), "calibration_rows": deploy.calibration_set,
+        "oof_mcc": {**c.member_mcc, **c.oof_mcc}, "members": {n: results[n].info for n in names},
+        "dora": dora.info if dora else None, "student": student, "bundle_max_diff": bundle_diff,
+        "seconds": {"members": member_seconds, "dora": dora.info["seconds"] if dora else 0.0,
+                    "total": time.perf_counter() - started},
+        "random_init_backbone": p.random_init, "rows": rows,
     }
     (opts.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     from rich.console import Console
@@ -915,54 +728,125 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
     return {"table": table, "metrics": metrics, "manifest": manifest, "out": opts.out}
 
 
-def write_predictions(out: Path, data: CacheData, pool: np.ndarray, test_idx: np.ndarray,
-                      names: list[str], results: dict[str, MemberResult],
-                      combo_oof: dict, combos: dict[str, Combination], method: str,
-                      z_test: dict, deployed_prob: np.ndarray, calibration: Calibration,
-                      calibration_rows: tuple) -> None:
+# ---- outputs ----------------------------------------------------------------------------------
+
+
+def write_manifest(opts: EnsembleOptions, p: Prepared, results: dict[str, MemberResult],
+                   c: Combined, deploy: Deployment, dora: DoraRun | None,
+                   student: dict | None) -> dict[str, Any]:
+    members = []
+    for n in p.names:
+        adapted = deploy.kind == "ensemble+dora" and n == dora.member
+        members.append({"name": n, "folders": dora.folders if adapted else results[n].folders,
+                        "source": "dora" if adapted else "members"})
+    combination = c.combos[c.method]
+    meta_learner = {"method": c.method, "combination": combination.to_dict(),
+                    "all_methods": {m: c.combos[m].to_dict() for m in METHODS},
+                    "calibration": deploy.calibration.to_dict(),
+                    "oof_mcc": {**c.member_mcc, **c.oof_mcc}}
+    (opts.out / "meta_learner.json").write_text(json.dumps(meta_learner, indent=2))
+    manifest = {
+        "kind": "ensemble", "format_version": FORMAT_VERSION, "tool_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cache": p.fingerprint["path"], "cache_fingerprint": p.fingerprint,
+        "backbone": p.data.attrs.get("backbone"), "views": p.data.attrs.get("views"),
+        "members": members, "method": c.method, "combination": combination.to_dict(),
+        "calibration": deploy.calibration.to_dict(),
+        "temperature": deploy.calibration.temperature,
+        "threshold": deploy.calibration.threshold,  # folded in: 0.5 is the cut
+        "calibration_rows": deploy.calibration_set, "deployed": deploy.kind,
+        "reason": deploy.reason, "folds": opts.folds, "seed": opts.seed,
+        "target": p.target.name if p.target else None, "dora": dora.info if dora else None,
+        "student": "student" if student else None, "leaky_fields": p.leaky, "gps": p.gps_info,
+        "variants": p.member_variants,
+    }
+    (opts.out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
+    (opts.out / "audit.json").write_text(json.dumps([a.to_dict() for a in p.audits], indent=2))
+    return manifest
+
+
+def metric_rows(p: Prepared, entries: dict[str, dict[str, Scored]]) -> list[dict[str, Any]]:
+    sets = {"oof": (p.y_pool, p.eval_variants),
+            "test": (p.data.labels[p.test_idx], p.eval_variants)}
+    if p.target is not None:
+        sets["target"] = (p.target.labels, p.target.eval_variants)
+    rows: list[dict[str, Any]] = []
+    for model_name, by_set in entries.items():
+        for set_name, scored in by_set.items():
+            y, variants = sets[set_name]
+            if len(y):
+                rows.extend(score_rows(model_name, set_name, scored, y, variants))
+    return rows
+
+
+def write_predictions(out: Path, p: Prepared, results: dict[str, MemberResult], c: Combined,
+                      deployed_prob: np.ndarray, deploy: Deployment) -> None:
     """One row per cache row: member and combination logits (OOF on training rows), the
     deployed folded probability (what the bundle returns) and, on the calibration rows, the
     folded OOF probability the threshold was tuned on."""
+    data, pool, test_idx = p.data, p.pool, p.test_idx
     n = len(data)
     set_of = np.full(n, "unlabelled", dtype=object)
-    set_of[pool], set_of[test_idx] = "oof", "test"
+    set_of[pool], set_of[test_idx] = "train", "test"  # train rows hold OOF logits
     cols: dict[str, Any] = {"id": data.ids, "set": set_of.tolist(),
                             "label": [None if v < 0 else int(v) for v in data.labels]}
-    for name in names:
+    for name in p.names:
         z = results[name].full.copy()
         z[pool] = results[name].oof[CLEAN]
         cols[name] = z
     for m in METHODS:
         z = np.full(n, np.nan)
-        z[pool] = combo_oof[m][CLEAN]
-        z[test_idx] = combos[m].apply(z_test[CLEAN])
+        z[pool] = c.oof[m][CLEAN]
+        z[test_idx] = c.combos[m].apply(c.z_test[CLEAN])
         cols[m] = z
     cols["deployed"] = deployed_prob
     cal = np.full(n, np.nan)
-    if calibration_rows[0] == "oof":
-        cal[pool] = calibration.folded(calibration_rows[1])
+    if deploy.calibration_set == "oof":
+        cal[pool] = deploy.calibration.folded(deploy.calibration_logits)
     cols["calibration"] = cal
     pq.write_table(pa.table(cols), out / "predictions.parquet")
 
 
-def run_dora(opts: EnsembleOptions, target: TargetSet, member: MemberResult, data: CacheData,
-             device: torch.device, bar, task, test_idx: np.ndarray):
+def write_target_predictions(out: Path, p: Prepared, c: Combined,
+                             entries: dict[str, dict[str, Scored]]) -> None:
+    """A separate target's labelled rows: each model's clean, metadata-free logit."""
+    if p.target is None or not p.target.separate:
+        return
+    cols: dict[str, Any] = {"id": [p.target.data.ids[i] for i in p.target.rows],
+                            "label": p.target.labels.tolist()}
+    for name, by_set in entries.items():
+        if "target" in by_set:
+            cols[name] = by_set["target"].logits[CLEAN]
+    pq.write_table(pa.table(cols), out / "target_predictions.parquet")
+
+
+@dataclass
+class DoraRun:
+    member: str
+    oof: dict[str, np.ndarray]  # key -> adapted logit on each target row, from its own fold
+    full: np.ndarray  # the adapted bag on every source row (clean, no metadata)
+    test: dict[str, np.ndarray] | None  # the bag on the source's test rows (separate target)
+    folders: list[str]
+    info: dict[str, Any]
+
+
+def run_dora(opts: EnsembleOptions, p: Prepared, member: MemberResult, device: torch.device,
+             bar, task) -> DoraRun:
     """DoRA folds of `member` on the target: fold j adapts the member's fold model j (mod K)
-    on the other target folds, stopping early on whole videos held back from them, and scores
-    fold j's rows. Returns OOF target logits, the adapted bag's logits on every source row
-    (clean) and on the source test rows (a separate target only), and a summary."""
-    t = target.data
-    config = member.config
+    on the other target folds, stopping early on whole videos held back from them, merges the
+    adapter, and scores fold j's rows, which it never saw."""
+    target, data = p.target, p.data
+    t, config, y_t = target.data, member.config, target.labels
     meta = metadata_batch(config, t)
     variants = [t.features[v] for v in target.train_variants]
-    y_t = target.labels
     oof = {k: np.zeros(len(target.rows)) for k in eval_keys(target.eval_variants)}
     full, test_bag, folds_info, folders = [], [], [], []
     start = time.perf_counter()
     for j, (rest, held) in enumerate(target.folds):
         tr, stop = grouped_split(y_t[rest], t.groups()[target.rows[rest]],
                                  opts.dora.stop_fraction, opts.seed + j)
-        base, _ = load_head(opts.out / member.folders[j % len(member.folders)], device)
+        base_folder = member.folders[j % len(member.folders)]
+        base, _ = load_head(opts.out / base_folder, device)
 
         def on_epoch(log, j=j):
             bar.update(task, rate=f"DoRA fold {j + 1} epoch {log.epoch} "
@@ -980,77 +864,74 @@ def run_dora(opts: EnsembleOptions, target: TargetSet, member: MemberResult, dat
         norm = LogitNorm.fit(head_logits(res.model, t.features["clean"][target.rows[rest]],
                                          None, device))
         write_head_config(folder, {
-            "kind": "dora-fold", "member": member.name, "fold": j + 1,
-            "base": member.folders[j % len(member.folders)], "tool_version": __version__,
-            "cache": member.info["cache_fingerprint"]["path"],
-            "cache_fingerprint": member.info["cache_fingerprint"],
-            "adapted_on": target.name, "backbone": data.attrs.get("backbone"),
-            "views": data.attrs.get("views"), "head": config.to_dict(),
-            "dora": opts.dora.to_dict(), "logit_norm": norm.to_dict(),
+            "kind": "dora-fold", "member": member.name, "fold": j + 1, "base": base_folder,
+            "tool_version": __version__, "cache": p.fingerprint["path"],
+            "cache_fingerprint": p.fingerprint, "adapted_on": target.name,
+            "backbone": data.attrs.get("backbone"), "views": data.attrs.get("views"),
+            "head": config.to_dict(), "dora": opts.dora.to_dict(),
+            "logit_norm": norm.to_dict(),
             # on its own (as a train-head bundle): the cut tuned on its stopping rows
             "threshold": best_threshold(y_t[rest[stop]], sigmoid(stop_z))})
         folders.append(f"dora/fold-{j + 1}")
-        held_keys = logits_by_key(res.model, t, config, target.rows[held],
-                                  target.eval_variants, device)
-        for k, v in held_keys.items():
+        for k, v in logits_by_key(res.model, t, config, target.rows[held],
+                                  target.eval_variants, device).items():
             oof[k][held] = norm.apply(v)
         full.append(norm.apply(head_logits(res.model, data.features["clean"], None, device)))
         if target.separate:
             test_bag.append({k: norm.apply(v) for k, v in logits_by_key(
-                res.model, data, config, test_idx, evaluation_variants(data), device).items()})
+                res.model, data, config, p.test_idx, p.eval_variants, device).items()})
         folds_info.append({"fold": j + 1, "best_epoch": res.train.best_epoch,
                            "best_stop_mcc": res.train.best_val_mcc,
                            "epochs_run": len(res.train.history), "merge_error": res.merge_error,
                            "train_rows": len(tr), "stop_rows": len(stop),
                            "held_rows": len(held)})
         bar.update(task, advance=1)
-    bag = ({k: np.mean([b[k] for b in test_bag], axis=0) for k in test_bag[0]}
-           if test_bag else None)
-    info = {"folds": folds_info, "folders": folders, "settings": opts.dora.to_dict(),
-            "target": target.name, "seconds": time.perf_counter() - start,
+    test = ({k: np.mean([b[k] for b in test_bag], axis=0) for k in test_bag[0]}
+            if test_bag else None)
+    info = {"member": member.name, "folds": folds_info, "folders": folders,
+            "settings": opts.dora.to_dict(), "target": target.name,
+            "seconds": time.perf_counter() - start,
             "max_merge_error": max(f["merge_error"] for f in folds_info)}
-    return oof, np.mean(full, axis=0), bag, info
+    return DoraRun(member.name, oof, np.mean(full, axis=0), test, folders, info)
 
 
-def run_student(opts: EnsembleOptions, data: CacheData, config: HeadConfig,
-                variants: list[str], pool: np.ndarray, folds, soft_pool: np.ndarray,
-                device: torch.device, fingerprint: dict, leaky: list[str],
-                entries: dict[str, dict[str, Scored]], test_idx: np.ndarray,
-                target: TargetSet | None, bar, task) -> dict[str, Any]:
-    """One head distilled from the ensemble's OOF soft labels; the first fold's rows are held
-    back (true labels) for early stopping and its threshold."""
+def run_student(opts: EnsembleOptions, p: Prepared, soft_pool: np.ndarray,
+                device: torch.device, entries: dict[str, dict[str, Scored]], bar, task
+                ) -> dict[str, Any]:
+    """One head (the first member's config) distilled from the ensemble's OOF soft labels;
+    the first fold's rows are held back (true labels) for early stopping and its threshold."""
+    data, pool, config = p.data, p.pool, p.configs[p.names[0]]
     torch.manual_seed(opts.distill_cfg.seed)
     student = RoadworkHead(config)
     soft = np.zeros(len(data))
     soft[pool] = soft_pool
-    stop_pos = folds[0][1]
-    train_rows = np.setdiff1d(pool, pool[stop_pos])
+    stop_rows = pool[p.folds[0][1]]
+    train_rows = np.setdiff1d(pool, stop_rows)
     start = time.perf_counter()
-    res = distill(student, opts.distill_cfg, [data.features[v] for v in variants], soft,
-                  data.labels, metadata_batch(config, data), device, train_rows,
-                  pool[stop_pos], eval_features=data.features["clean"],
+    res = distill(student, opts.distill_cfg, [data.features[v] for v in p.base_variants], soft,
+                  data.labels, metadata_batch(config, data), device, train_rows, stop_rows,
+                  eval_features=data.features["clean"],
                   on_epoch=lambda log: bar.update(task, rate=f"student epoch {log.epoch}"))
     seconds = time.perf_counter() - start
-    stop_z = head_logits(student, data.features["clean"][pool[stop_pos]], None, device)
-    threshold = best_threshold(data.labels[pool[stop_pos]], sigmoid(stop_z))
+    stop_z = head_logits(student, data.features["clean"][stop_rows], None, device)
+    threshold = best_threshold(data.labels[stop_rows], sigmoid(stop_z))
     folder = opts.out / "student"
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
               folder / "model.safetensors")
     write_head_config(folder, {
-        "kind": "distilled-student", "tool_version": __version__, "cache": fingerprint["path"],
-        "cache_fingerprint": fingerprint, "backbone": data.attrs.get("backbone"),
-        "views": data.attrs.get("views"), "head": config.to_dict(),
-        "distill": opts.distill_cfg.to_dict(), "variants": variants, "threshold": threshold,
-        "leaky_fields": leaky})
+        "kind": "distilled-student", "tool_version": __version__,
+        "cache": p.fingerprint["path"], "cache_fingerprint": p.fingerprint,
+        "backbone": data.attrs.get("backbone"), "views": data.attrs.get("views"),
+        "head": config.to_dict(), "distill": opts.distill_cfg.to_dict(),
+        "variants": p.base_variants, "threshold": threshold, "leaky_fields": p.leaky})
     cut = logit(threshold)
-    entries["student"] = {"test": Scored(logits_by_key(student, data, config, test_idx,
-                                                       evaluation_variants(data), device), cut)}
-    if target is not None:
-        z = logits_by_key(student, target.data, config, target.rows, target.eval_variants,
-                          device)
-        entries["student"]["target"] = Scored(z, cross_fitted_cuts(z[CLEAN], target.labels,
-                                                                   target.folds))
+    entries["student"] = {"test": Scored(logits_by_key(student, data, config, p.test_idx,
+                                                       p.eval_variants, device), cut)}
+    if p.target is not None:
+        entries["student"]["target"] = target_scored(logits_by_key(
+            student, p.target.data, config, p.target.rows, p.target.eval_variants, device),
+            p.target)
     bar.update(task, advance=1)
     return {"best_epoch": res.best_epoch, "best_stop_mcc": res.best_val_mcc,
             "threshold": threshold, "train_seconds": seconds, "folder": "student"}

@@ -1,0 +1,295 @@
+"""Ensemble members: their specs, and one member trained on one fold as a unit of work.
+
+A member is a name, a seed and overrides of the head and training settings (DESIGN.md
+section 6: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting). The unit of
+work is (member, fold): train on the other folds with early stopping on this one, save the
+weights, return normalised logits on the held-out fold, the test rows, a separate target and
+every row. It runs in this process or in spawned worker processes that each load the cache
+once (`run_folds`), with the same seeds either way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from roadwork_cache.errors import UserError
+from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
+from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
+from roadwork_cache.training.losses import LossWeights
+from roadwork_cache.training.stacking import LogitNorm, head_logits
+
+METAS = ("none", "all")  # all metadata NULL (what a validator sends) / every field the head reads
+
+
+# ---- member specs -----------------------------------------------------------------------------
+
+
+@dataclass
+class MemberSpec:
+    """One ensemble member: overrides of the head and training settings, its own seed."""
+
+    name: str
+    seed: int = 0
+    head: dict[str, Any] = field(default_factory=dict)  # HeadConfig overrides
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    gps_strength: float = 1.0  # exponent on the GPS sampling weights: 0 off, 2 sharper
+    variants: list[str] | None = None  # cached variants it trains on (default: the run's)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "the members file") -> MemberSpec:
+        if not isinstance(data, dict):
+            raise UserError(f"every member in {where} must be a mapping, got {data!r}")
+        name = data.get("name")
+        label = f"member {name!r}" if name else "a member"
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UserError(f"{label} in {where} has unknown key(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(known)})")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise UserError(f"{label} in {where} needs a 'name' of letters, digits, '_', '.' "
+                            "or '-' (it names the member's folder)")
+        head, train = data.get("head") or {}, data.get("train") or {}
+        if not isinstance(head, dict) or not isinstance(train, dict):
+            raise UserError(f"{label} in {where}: 'head' and 'train' must be mappings")
+        bad = [f"head.{k}" for k in sorted(set(head) - {f.name for f in fields(HeadConfig)})]
+        bad += [f"train.{k}" for k in sorted(set(train) - TRAIN_KEYS)]
+        loss = train.get("loss") or {}
+        if not isinstance(loss, dict):
+            raise UserError(f"{label} in {where}: 'train.loss' must be a mapping")
+        bad += [f"train.loss.{k}" for k in sorted(set(loss) - {f.name for f in
+                                                                fields(LossWeights)})]
+        if bad:
+            raise UserError(f"{label} in {where} has unknown key(s) {', '.join(bad)}")
+        variants = data.get("variants")
+        try:
+            return cls(name=name, seed=int(data.get("seed", 0)), head=dict(head),
+                       train=dict(train), gps_strength=float(data.get("gps_strength", 1.0)),
+                       variants=None if variants is None else [str(v) for v in variants])
+        except (TypeError, ValueError):
+            raise UserError(f"{label} in {where} has a seed, gps_strength or variants of the "
+                            "wrong type") from None
+
+
+# The member seed is `seed`; a fold's training seed derives from it.
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed"}
+
+# DESIGN.md section 6: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting.
+DEFAULT_MEMBERS: list[dict[str, Any]] = [
+    {"name": "baseline", "seed": 1},
+    {"name": "no-pruning", "seed": 2, "head": {"keep": None}},
+    {"name": "deep", "seed": 3, "head": {"layers": 6}},
+    {"name": "wide", "seed": 4, "head": {"dim": 768}},
+    {"name": "heads16", "seed": 5, "head": {"heads": 16}},
+    {"name": "gps-strong", "seed": 6, "gps_strength": 2.0},
+]
+
+
+def load_members(spec: str) -> list[MemberSpec]:
+    """'default' or a YAML / JSON file: a list of member mappings (or {'members': [...]})."""
+    if spec == "default":
+        raw, where = DEFAULT_MEMBERS, "the default set"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"--members {spec} is neither 'default' nor an existing file")
+        where = str(path)
+        try:
+            if path.suffix.lower() in {".yaml", ".yml"}:
+                import yaml
+
+                raw = yaml.safe_load(path.read_text())
+            else:
+                raw = json.loads(path.read_text())
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"members file {path} is not valid JSON/YAML: {first}") from None
+        if isinstance(raw, dict) and set(raw) == {"members"}:
+            raw = raw["members"]
+        if not isinstance(raw, list) or not raw:
+            raise UserError(f"members file {path} must hold a non-empty list of members")
+    specs = [MemberSpec.from_dict(item, where) for item in raw]
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"member name(s) {', '.join(dupes)} occur twice in {where}")
+    return specs
+
+
+def train_config(values: dict[str, Any]) -> TrainConfig:
+    values = dict(values)
+    loss = values.pop("loss", None) or {}
+    try:
+        return TrainConfig(**values, loss=LossWeights(**loss))
+    except TypeError as exc:
+        raise UserError(f"invalid train config: {exc}") from None
+
+
+def eval_keys(variants: list[str]) -> list[str]:
+    return [f"{v}:{m}" for v in variants for m in METAS]
+
+
+# ---- one member fold: the unit of work (in this process or a worker) -----------------------
+
+
+@dataclass
+class ContextSpec:
+    """What a worker process needs to load the same data as the main process."""
+
+    cache: str
+    variants: list[str]
+    eval_variants: list[str]
+    test_rows: np.ndarray
+    target_cache: str | None  # a separate target cache whose rows get member logits
+    target_variants: list[str]
+    target_rows: np.ndarray
+    device: str
+    threads: int | None = None
+
+
+@dataclass
+class Context:
+    spec: ContextSpec
+    data: CacheData
+    target: CacheData | None
+    device: torch.device
+
+
+@dataclass
+class FoldJob:
+    member: str
+    fold: int  # 0-based
+    seed: int
+    head: dict[str, Any]
+    train: dict[str, Any]
+    variants: list[str]
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    weights: np.ndarray | None
+    folder: str
+
+
+@dataclass
+class FoldOutput:
+    member: str
+    fold: int
+    best_epoch: int
+    best_val_mcc: float
+    epochs_run: int
+    seconds: float
+    val: dict[str, np.ndarray]  # key -> logits on the held-out rows
+    test: dict[str, np.ndarray]  # key -> logits on the test rows
+    target: dict[str, np.ndarray]  # key -> logits on a separate target's labelled rows
+    full: np.ndarray  # clean, no metadata, every row of the cache (for the deployed output)
+    norm: LogitNorm  # every logit above is normalised with it
+
+
+def logits_by_key(model: RoadworkHead, data: CacheData, config: HeadConfig, rows: np.ndarray,
+                  variants: list[str], device: torch.device) -> dict[str, np.ndarray]:
+    meta = metadata_batch(config, data).select(torch.from_numpy(rows))
+    return {f"{v}:{m}": head_logits(model, data.features[v][rows],
+                                    meta if m == "all" else None, device)
+            for v in variants for m in METAS}
+
+
+def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
+    """Train one member on one fold, save its weights, return its logits."""
+    start = time.perf_counter()
+    torch.manual_seed(job.seed)  # init and dropout: the same in a worker as in-process
+    config = HeadConfig.from_dict(job.head)
+    model = RoadworkHead(config)
+    data = ctx.data
+    cfg = train_config({**job.train, "seed": job.seed})
+    trainer = Trainer(model, cfg, [data.features[v] for v in job.variants], data.labels,
+                      metadata_batch(config, data), ctx.device,
+                      eval_features=data.features["clean"])
+    result = trainer.fit(job.train_rows, job.val_rows, job.weights, on_epoch)
+    folder = Path(job.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              folder / "model.safetensors")
+    spec = ctx.spec
+    full = head_logits(model, data.features["clean"], None, ctx.device)
+    norm = LogitNorm.fit(full[job.train_rows])
+
+    def normed(logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: norm.apply(v) for k, v in logits.items()}
+
+    target = {}
+    if ctx.target is not None:
+        target = logits_by_key(model, ctx.target, config, spec.target_rows,
+                               spec.target_variants, ctx.device)
+    return FoldOutput(
+        job.member, job.fold, result.best_epoch, result.best_val_mcc, len(result.history),
+        time.perf_counter() - start,
+        val=normed(logits_by_key(model, data, config, job.val_rows, spec.eval_variants,
+                                 ctx.device)),
+        test=normed(logits_by_key(model, data, config, spec.test_rows, spec.eval_variants,
+                                  ctx.device)),
+        target=normed(target), full=norm.apply(full), norm=norm,
+    )
+
+
+_WORKER: Context | None = None
+
+
+def _init_worker(spec: ContextSpec) -> None:
+    global _WORKER
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    data = load_cache_data(spec.cache, spec.variants)
+    target = load_cache_data(spec.target_cache, spec.target_variants) if spec.target_cache \
+        else None
+    _WORKER = Context(spec, data, target, torch.device(spec.device))
+
+
+def _run_in_worker(job: FoldJob) -> FoldOutput:
+    assert _WORKER is not None, "worker not initialised"
+    return run_fold(_WORKER, job)
+
+
+def run_folds(
+    ctx: Context,
+    jobs: list[FoldJob],
+    n_workers: int,
+    on_epoch: Callable[[FoldJob, EpochLog], None] | None = None,
+    on_done: Callable[[FoldOutput], None] | None = None,
+) -> list[FoldOutput]:
+    """All fold jobs: one after another here, or in spawned worker processes that each load
+    the cache once (``n_workers`` > 1); each job seeds itself, so the results do not depend on
+    the order or the process (up to float summation order across thread counts)."""
+    outputs: list[FoldOutput] = []
+    if n_workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            epoch_cb = (lambda log, job=job: on_epoch(job, log)) if on_epoch else None
+            outputs.append(run_fold(ctx, job, epoch_cb))
+            if on_done:
+                on_done(outputs[-1])
+        return outputs
+    spec = ContextSpec(**{**asdict(ctx.spec),
+                          "threads": max(1, (os.cpu_count() or 1) // n_workers)})
+    with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"),
+                                initializer=_init_worker, initargs=(spec,)) as pool:
+        futures = [pool.submit(_run_in_worker, job) for job in jobs]
+        for future in cf.as_completed(futures):
+            outputs.append(future.result())
+            if on_done:
+                on_done(outputs[-1])
+    return outputs
