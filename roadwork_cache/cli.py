@@ -348,6 +348,7 @@ def ensemble(
     console.print(f"ensemble folder: {result['out']} (manifest.json, members/, "
                   "meta_learner.json, metrics.json, predictions.parquet, table.txt)")
 
+
 @app.command()
 def tta(
     cache: Annotated[Path, typer.Option(help="Cache folder with clean and tta-K variants.")],

@@ -54,7 +54,13 @@ from roadwork_cache.stages.train_head import (
     sampling_weights,
     train_variants,
 )
-from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
+from roadwork_cache.training.dataset import (
+    CacheData,
+    labelled_rows,
+    load_cache_data,
+    metadata_batch,
+    random_backbone,
+)
 from roadwork_cache.training.distill import DistillConfig, distill
 from roadwork_cache.training.dora import DoraSettings, adapt
 from roadwork_cache.training.loop import EpochLog, TrainConfig
@@ -411,19 +417,12 @@ def prepare(opts: EnsembleOptions) -> Prepared:
         {"clean", *base_variants, *(v for vs in member_variants.values() for v in vs),
          *(v for v in available if v.startswith("natix-"))}))
     eval_variants = evaluation_variants(data)
-    random_init = bool(data.attrs.get("backbone", {}).get("random_init"))
+    random_init = random_backbone(data)
     if random_init:
         console.print("[yellow]warning: this cache was made with random backbone weights; "
                       "scores demonstrate the machinery, not quality")
 
-    labelled = np.flatnonzero(data.labels >= 0)
-    if len(labelled) == 0:
-        raise UserError(f"cache {opts.cache} has no labelled rows to train on")
-    split = data.split_names()
-    test_idx = labelled[np.isin(split[labelled], ["test"])]
-    pool = labelled[~np.isin(split[labelled], ["test"])]
-    if len(pool) == 0:
-        raise UserError(f"cache {opts.cache} has no labelled rows outside the test split")
+    pool, test_idx = labelled_rows(data)
     folds = grouped_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
     target = resolve_target(opts, data, test_idx, eval_variants, base_variants)
     console.print(f"rows: {len(pool)} in {opts.folds} folds grouped by video, {len(test_idx)} "

@@ -33,8 +33,10 @@ from roadwork_cache.progress import console, progress_bar
 from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.training.dataset import (
     CacheData,
+    labelled_rows,
     load_cache_data,
     metadata_batch,
+    random_backbone,
     vocabularies,
 )
 from roadwork_cache.training.leakage import audit, format_audit_table, leaky_fields
@@ -250,19 +252,13 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     if "clean" not in variants:
         variants = ["clean", *variants]
     data = load_cache_data(opts.cache, variants)
-    random_init = bool(data.attrs.get("backbone", {}).get("random_init"))
+    random_init = random_backbone(data)
     if random_init:
         console.print("[yellow]warning: this cache was made with random backbone weights; "
                       "scores demonstrate the machinery, not quality")
 
-    labelled = np.flatnonzero(data.labels >= 0)
-    if len(labelled) == 0:
-        raise UserError(f"cache {opts.cache} has no labelled rows to train on")
+    pool, test_idx = labelled_rows(data)
     split = data.split_names()
-    test_idx = labelled[np.isin(split[labelled], ["test"])]
-    pool = labelled[~np.isin(split[labelled], ["test"])]
-    if len(pool) == 0:
-        raise UserError(f"cache {opts.cache} has no labelled rows outside the test split")
     tr, va = grouped_split(data.labels[pool], data.groups()[pool], opts.val_fraction,
                            opts.train.seed, split[pool])
     train_idx, val_idx = pool[tr], pool[va]

@@ -106,6 +106,24 @@ def load_cache_data(path: str | Path, variants: list[str] | None = None) -> Cach
     )
 
 
+def labelled_rows(data: CacheData) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, test): labelled rows to train and validate on, and the labelled test split,
+    which only ever judges. One clear sentence when there is nothing to train on."""
+    labelled = np.flatnonzero(data.labels >= 0)
+    if len(labelled) == 0:
+        raise UserError(f"cache {data.root} has no labelled rows to train on")
+    is_test = np.isin(data.split_names()[labelled], ["test"])
+    test, pool = labelled[is_test], labelled[~is_test]
+    if len(pool) == 0:
+        raise UserError(f"cache {data.root} has no labelled rows outside the test split")
+    return pool, test
+
+
+def random_backbone(data: CacheData) -> bool:
+    """True for a cache made with random backbone weights (the tiny preset)."""
+    return bool(data.attrs.get("backbone", {}).get("random_init"))
+
+
 def vocabularies(data: CacheData) -> dict[str, tuple[str, ...]]:
     """The tag values seen in the cache, sorted: the head's embedding tables."""
     weather = sorted({w for ws in data.columns["weather"] for w in (ws or [])})
