@@ -18,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # paragraphs reflow instead of keeping source line breaks
 )
 cache_app = typer.Typer(help="Inspect a feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
@@ -252,9 +253,10 @@ def report(
         "--set", help="test or val (default: test when it has labelled rows, else val).")
     ] = None,
 ) -> None:
-    """Write a self-contained HTML page about a train-head run: metrics, confusion matrices,
-    MCC per weather / daytime / scene / city / GPS cluster, calibration, learning curves, the
-    hardest errors and the leakage audit."""
+    """Write a self-contained HTML page about a train-head run.
+
+    Metrics, confusion matrices, MCC per weather / daytime / scene / city / GPS cluster,
+    calibration, learning curves, the hardest errors and the leakage audit."""
     from roadwork_cache.stages.report import write_report
 
     path = write_report(run, out, set_name)
@@ -313,9 +315,12 @@ def ensemble(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train diverse members on grouped folds, stack their out-of-fold logits, optionally adapt
-    one with DoRA folds on a target set and distil a student; print one table comparing every
-    member and combination, with and without metadata, clean and natix."""
+    """Train an ensemble of diverse heads, stack them, optionally adapt one with DoRA.
+
+    Members train on the same grouped folds; their out-of-fold logits feed a stacking
+    meta-learner compared with mean and MCC-weighted averaging. DoRA folds adapt a member to
+    a target set; --distill trains one student. One table compares every member and
+    combination, with and without metadata, clean and natix."""
     from dataclasses import fields as dc_fields
 
     from roadwork_cache.progress import console
@@ -476,8 +481,9 @@ def demo(
     text: Annotated[bool, typer.Option(help="Embed scene descriptions (bundled MiniLM).")
                     ] = True,
 ) -> None:
-    """The whole chain on synthetic data, on a CPU, in minutes: synth -> extract (tiny
-    backbone) -> train-head -> ensemble -> tta -> predict -> report.
+    """The whole chain on synthetic data, on a CPU, in minutes.
+
+    synth -> extract (tiny backbone) -> train-head -> ensemble -> tta -> predict -> report.
 
     The tiny backbone has random weights: the scores demonstrate the machinery, not quality.
     """
