@@ -199,12 +199,10 @@ def train_head(
     validator-like variants, with and without metadata, at 0.5 and at the tuned threshold,
     beside a logistic-regression baseline on the global view.
     """
-    from dataclasses import fields as dc_fields
 
     from roadwork_cache.progress import console
     from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
     from roadwork_cache.training.loop import TrainConfig
-    from roadwork_cache.training.losses import LossWeights
 
     file_cfg = _read_config_file(config) if config else {}
     head: dict = dict(file_cfg.get("head") or {})
@@ -217,20 +215,13 @@ def train_head(
     if meta_fields is not None:
         head["meta_fields"] = [f.strip() for f in meta_fields.split(",") if f.strip()]
     train_values = dict(file_cfg.get("train") or {})
-    known = {f.name for f in dc_fields(TrainConfig)}
-    unknown = sorted(set(train_values) - known)
-    if unknown:
-        raise UserError(f"unknown train config key(s): {', '.join(unknown)}")
-    loss_values = train_values.pop("loss", {}) or {}
-    train_values.update(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
-                        accum_steps=accum_steps, patience=patience)
-    loss_values.update(consistency=w_consistency, weather=w_weather)
     if epochs < 1 or batch_size < 1 or accum_steps < 1:
         raise UserError("--epochs, --batch-size and --accum-steps must be at least 1")
-    try:
-        train_cfg = TrainConfig(**train_values, loss=LossWeights(**loss_values))
-    except TypeError as exc:
-        raise UserError(f"invalid train config: {exc}") from None
+    train_values.update(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+                        accum_steps=accum_steps, patience=patience)
+    loss_values = dict(train_values.get("loss") or {})
+    loss_values.update(consistency=w_consistency, weather=w_weather)
+    train_cfg = TrainConfig.from_dict({**train_values, "loss": loss_values})
     opts = TrainHeadOptions(
         cache=cache, out=out, head=head, train=train_cfg,
         variants=[v.strip() for v in variants.split(",")] if variants else None,
@@ -321,25 +312,21 @@ def ensemble(
     meta-learner compared with mean and MCC-weighted averaging. DoRA folds adapt a member to
     a target set; --distill trains one student. One table compares every member and
     combination, with and without metadata, clean and natix."""
-    from dataclasses import fields as dc_fields
 
     from roadwork_cache.progress import console
-    from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble, train_config
+    from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
     from roadwork_cache.training.dora import DoraSettings
     from roadwork_cache.training.loop import TrainConfig
 
     file_cfg = _read_config_file(config) if config else {}
     train_values = dict(file_cfg.get("train") or {})
-    unknown = sorted(set(train_values) - {f.name for f in dc_fields(TrainConfig)})
-    if unknown:
-        raise UserError(f"unknown train config key(s): {', '.join(unknown)}")
     if min(epochs, batch_size, dora_epochs, dora_rank) < 1:
         raise UserError("--epochs, --batch-size, --dora-epochs and --dora-rank must be at "
                         "least 1")
     train_values.update(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
     opts = EnsembleOptions(
         cache=cache, out=out, members=members, folds=folds, seed=seed,
-        head=dict(file_cfg.get("head") or {}), train=train_config(train_values),
+        head=dict(file_cfg.get("head") or {}), train=TrainConfig.from_dict(train_values),
         variants=[v.strip() for v in variants.split(",")] if variants else None,
         target=target, dora_folds=dora_folds, dora_member=dora_member,
         dora=DoraSettings(rank=dora_rank, alpha=2.0 * dora_rank, lr=dora_lr,

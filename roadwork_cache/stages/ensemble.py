@@ -75,7 +75,6 @@ from roadwork_cache.training.members import (
     load_members,
     logits_by_key,
     run_folds,
-    train_config,
 )
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
 from roadwork_cache.training.splits import grouped_folds, grouped_split
@@ -467,7 +466,7 @@ def plan_members(opts: EnsembleOptions, p: Prepared, ctx: Context
     for spec in p.specs:
         train = {**base_train, **spec.train,
                  "loss": {**base_train["loss"], **(spec.train.get("loss") or {})}}
-        train_config(train)  # fail on a bad value now, not in a worker
+        TrainConfig.from_dict(train)  # fail on a bad value now, not in a worker
         weights = None if p.gps_weights is None else p.gps_weights ** spec.gps_strength
         info = {"spec": spec.to_dict(), "head": p.configs[spec.name].to_dict(), "train": train,
                 "variants": p.member_variants[spec.name], "cache_fingerprint": p.fingerprint,

@@ -9,11 +9,13 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
+from roadwork_cache.errors import UserError
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
 from roadwork_cache.training.losses import LossWeights, total_loss
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
@@ -37,6 +39,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """From JSON / YAML (`loss` as a nested dict); unknown keys are one clear sentence."""
+        values = dict(values)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"unknown train config key(s): {', '.join(unknown)}")
+        loss = values.pop("loss", None) or {}
+        try:
+            return cls(**values, loss=LossWeights(**loss))
+        except TypeError as exc:
+            raise UserError(f"invalid train config: {exc}") from None
 
 
 @dataclass

@@ -133,15 +133,6 @@ def load_members(spec: str) -> list[MemberSpec]:
     return specs
 
 
-def train_config(values: dict[str, Any]) -> TrainConfig:
-    values = dict(values)
-    loss = values.pop("loss", None) or {}
-    try:
-        return TrainConfig(**values, loss=LossWeights(**loss))
-    except TypeError as exc:
-        raise UserError(f"invalid train config: {exc}") from None
-
-
 def eval_keys(variants: list[str]) -> list[str]:
     return [f"{v}:{m}" for v in variants for m in METAS]
 
@@ -216,7 +207,7 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
     config = HeadConfig.from_dict(job.head)
     model = RoadworkHead(config)
     data = ctx.data
-    cfg = train_config({**job.train, "seed": job.seed})
+    cfg = TrainConfig.from_dict({**job.train, "seed": job.seed})
     trainer = Trainer(model, cfg, [data.features[v] for v in job.variants], data.labels,
                       metadata_batch(config, data), ctx.device,
                       eval_features=data.features["clean"])
