@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from roadwork_cache.errors import UserError
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
-from roadwork_cache.training.losses import LossWeights, total_loss
+from roadwork_cache.training.losses import LossParts, LossWeights, total_loss
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
 
 
@@ -132,6 +133,7 @@ class Trainer:
         meta: MetadataBatch,
         device: torch.device,
         eval_features: np.ndarray | None = None,
+        soft_targets: np.ndarray | None = None,
     ):
         self.model = model.to(device)
         self.cfg = cfg
@@ -143,6 +145,22 @@ class Trainer:
         self.meta = meta
         self.weather_mask = meta.weather.sum(dim=1) > 0
         self.eval_features = variants[0] if eval_features is None else eval_features
+        # Distillation: a target probability per row replaces the focal / consistency /
+        # weather objective with binary cross-entropy against it.
+        self.soft = None if soft_targets is None else torch.from_numpy(
+            soft_targets.astype(np.float32))
+
+    def _loss(self, out, rows: torch.Tensor, meta: MetadataBatch, y, wmask) -> LossParts:
+        if self.soft is not None:
+            z = (out.logits[:, 1] - out.logits[:, 0]).float()
+            bce = F.binary_cross_entropy_with_logits(z, self.soft[rows].to(self.device))
+            zero = bce.detach() * 0.0
+            return LossParts(total=bce, focal=bce, consistency=zero, weather=zero)
+        cfg = self.cfg
+        return total_loss(
+            out.logits.float(), y, out.view_logits.float(), out.weather_logits.float(),
+            meta.weather, wmask, cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.smoothing,
+        )
 
     def _batch(self, rows: torch.Tensor, variant: torch.Tensor):
         x = self.features[variant, rows].to(self.device, non_blocking=True).float()
@@ -189,23 +207,11 @@ class Trainer:
             n_batches = 0
             optim.zero_grad(set_to_none=True)
             for i, lo in enumerate(range(0, len(draw), cfg.batch_size)):
-                x, meta, y, wmask = self._batch(
-                    draw[lo : lo + cfg.batch_size], variant[lo : lo + cfg.batch_size]
-                )
+                rows = draw[lo : lo + cfg.batch_size]
+                x, meta, y, wmask = self._batch(rows, variant[lo : lo + cfg.batch_size])
                 with autocast(self.device):
                     out = model(x, meta)
-                parts = total_loss(
-                    out.logits.float(),
-                    y,
-                    out.view_logits.float(),
-                    out.weather_logits.float(),
-                    meta.weather,
-                    wmask,
-                    cfg.loss,
-                    cfg.focal_gamma,
-                    cfg.focal_alpha,
-                    cfg.smoothing,
-                )
+                parts = self._loss(out, rows, meta, y, wmask)
                 (parts.total / cfg.accum_steps).backward()
                 last = lo + cfg.batch_size >= len(draw)
                 if (i + 1) % cfg.accum_steps == 0 or last:
