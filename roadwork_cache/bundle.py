@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 
 from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, MetadataBatch, RoadworkHead
+from roadwork_cache.heads.io import WEIGHTS_FILE
 from roadwork_cache.training.loop import predict
 from roadwork_cache.training.metrics import fold_threshold
 
-RUN_FILES = ("config.json", "model.safetensors")
+RUN_FILES = ("config.json", WEIGHTS_FILE)
 
 
 class Bundle(Protocol):
@@ -51,7 +52,7 @@ def load_head(folder: Path, device: torch.device | str = "cpu") -> tuple[Roadwor
         raise UserError(f"{folder / 'config.json'} has no 'head' section")
     model = RoadworkHead(HeadConfig.from_dict(config["head"]))
     try:
-        model.load_state_dict(load_file(folder / "model.safetensors"))
+        model.load_state_dict(load_file(folder / WEIGHTS_FILE))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"weights in {folder} do not match its config.json: {first}") from None

@@ -36,13 +36,13 @@ import torch
 from rich.table import Table
 from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
-from safetensors.torch import save_file
 
 from roadwork_cache import __version__
 from roadwork_cache.bundle import load_head
 from roadwork_cache.ensemble_bundle import FORMAT_VERSION, MANIFEST, load_ensemble
 from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.io import save_weights
 from roadwork_cache.progress import console, progress_bar
 from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.stages.train_head import (
@@ -854,9 +854,7 @@ def run_dora(opts: EnsembleOptions, p: Prepared, member: MemberResult, device: t
                     target.rows[rest[tr]], target.rows[rest[stop]], opts.seed * 1000 + j,
                     eval_features=t.features["clean"], on_epoch=on_epoch)
         folder = opts.out / "dora" / f"fold-{j + 1}"
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in res.model.state_dict().items()},
-                  folder / "model.safetensors")
+        save_weights(res.model, folder)
         stop_z = head_logits(res.model, t.features["clean"][target.rows[rest[stop]]], None,
                              device)
         norm = LogitNorm.fit(head_logits(res.model, t.features["clean"][target.rows[rest]],
@@ -914,9 +912,7 @@ def run_student(opts: EnsembleOptions, p: Prepared, soft_pool: np.ndarray,
     stop_z = head_logits(student, data.features["clean"][stop_rows], None, device)
     threshold = best_threshold(data.labels[stop_rows], sigmoid(stop_z))
     folder = opts.out / "student"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
-              folder / "model.safetensors")
+    save_weights(student, folder)
     write_head_config(folder, {
         "kind": "distilled-student", "tool_version": __version__,
         "cache": p.fingerprint["path"], "cache_fingerprint": p.fingerprint,

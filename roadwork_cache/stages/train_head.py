@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from rich.table import Table
-from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from roadwork_cache import __version__
 from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.io import save_weights
 from roadwork_cache.progress import console, progress_bar
 from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.training.dataset import (
@@ -290,8 +290,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     table = metrics_table(rows, random_init)
 
     # ---- the run folder ---------------------------------------------------------------------
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              opts.out / "model.safetensors")
+    save_weights(model, opts.out)
     run_config = {
         "kind": "train-head",
         "tool_version": __version__,

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.io import save_weights
 from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
 from roadwork_cache.training.losses import LossWeights
@@ -212,10 +212,7 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
                       metadata_batch(config, data), ctx.device,
                       eval_features=data.features["clean"])
     result = trainer.fit(job.train_rows, job.val_rows, job.weights, on_epoch)
-    folder = Path(job.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              folder / "model.safetensors")
+    save_weights(model, Path(job.folder))
     spec = ctx.spec
     full = head_logits(model, data.features["clean"], None, ctx.device)
     norm = LogitNorm.fit(full[job.train_rows])
