@@ -92,13 +92,3 @@ def decode_image(
         raise ImageError(f"cannot convert {img.mode} image to RGB: {exc}") from None
     rgb.info["full_size"] = (width, height)  # the upright size before any draft reduction
     return rgb
-
-
-def read_image_file(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Read and decode a file; a missing or unreadable file is an ImageError too."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_image(data, max_pixels=max_pixels)

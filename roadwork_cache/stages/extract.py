@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -359,9 +359,3 @@ def summary_table(summary: ExtractSummary) -> Table:
     if summary.random_init:
         table.add_row("[yellow]backbone", "[yellow]random weights (tiny preset)")
     return table
-
-
-def config_dict(cfg: ExtractConfig) -> dict[str, Any]:
-    out = asdict(cfg)
-    out["cache"] = str(cfg.cache)
-    return out

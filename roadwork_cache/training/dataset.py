@@ -149,9 +149,3 @@ def metadata_batch(config: HeadConfig, data: CacheData) -> MetadataBatch:
         text=torch.from_numpy(data.text.astype(np.float32)),
         text_mask=torch.from_numpy(data.text_mask),
     )
-
-
-def weather_targets(config: HeadConfig, meta: MetadataBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-hot weather [N, C] and its mask (rows with any known weather) for the aux loss."""
-    mask = meta.weather.sum(dim=1) > 0
-    return meta.weather.clone(), mask
