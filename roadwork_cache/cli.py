@@ -507,12 +507,15 @@ def cache_verify(
 ) -> None:
     """Check that every shard is complete, unchanged since written and finite; name what is
     not. Exit 1 when anything is wrong."""
-    from roadwork_cache.progress import console
-    from roadwork_cache.store import Cache, verify
+    from roadwork_cache.progress import console, progress_bar
+    from roadwork_cache.store import Cache, verify, verify_arrays
     from roadwork_cache.store import repair as repair_cache
 
     cache = Cache.open(path, mode="a" if repair else "r")
-    problems = verify(cache)
+    with progress_bar() as bar:
+        task = bar.add_task("verify", total=len(verify_arrays(cache)) * len(cache.shards()),
+                            rate="")
+        problems = verify(cache, lambda n: bar.update(task, advance=n))
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {problem.message}")

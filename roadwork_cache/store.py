@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,14 +337,17 @@ class Problem:
     shard: int | None = None
 
 
-def verify(cache: Cache) -> list[Problem]:
+def verify(cache: Cache, advance: Callable[[int], None] | None = None) -> list[Problem]:
     """Every problem of a cache, one sentence each: shards not written, bytes that differ
-    from what was written (the marker's checksum), non-finite features, missing sample rows."""
+    from what was written (the marker's checksum), non-finite features, missing sample rows.
+    `advance(1)` is called after each (array, shard) checked, for a progress bar."""
     problems: list[Problem] = []
     shards = cache.shards()
-    for name in [f"features/{v}" for v in cache.variants()] + ["text"]:
+    for name in verify_arrays(cache):
         done = cache.done_shards(name)
         for shard in shards:
+            if advance is not None:
+                advance(1)
             where = f"{name} shard {shard.index} (rows {shard.start}-{shard.stop - 1})"
             if shard.index not in done:
                 problems.append(Problem(f"{where} was never completed"))
@@ -373,6 +376,11 @@ def verify(cache: Cache) -> list[Problem]:
         elif (rows := pq.read_metadata(path).num_rows) != cache.n_rows:
             problems.append(Problem(f"{SAMPLES_FILE} has {rows} rows, not {cache.n_rows}"))
     return problems
+
+
+def verify_arrays(cache: Cache) -> list[str]:
+    """The arrays `verify` checks shard by shard."""
+    return [f"features/{v}" for v in cache.variants()] + ["text"]
 
 
 def repair(cache: Cache, problems: list[Problem]) -> int:
