@@ -1,7 +1,8 @@
 """Decoding and view cutting in DataLoader workers, so the CPU work overlaps the GPU.
 
-A worker turns a `Sample` into uint8 views [V, S, S, 3] (4x smaller than float to pin and
-copy); normalisation happens on the device, inside the backbone.
+A worker turns a (variant, `Sample`) pair into uint8 views [V, S, S, 3] (4x smaller than
+float to pin and copy); normalisation happens on the device, inside the backbone. One loader
+serves every variant of a shard, so its workers start once per shard, not once per variant.
 """
 
 from __future__ import annotations
@@ -15,59 +16,73 @@ from torch.utils.data import DataLoader, Dataset
 
 from roadwork_cache.data.images import MAX_PIXELS, ImageError, decode_image
 from roadwork_cache.data.schema import Sample
-from roadwork_cache.variants import apply_variant
+from roadwork_cache.variants import apply_variant, prepare_variants
 from roadwork_cache.views import N_VIEWS, TILE_FRACTION, render_views
 
 
 @dataclass
 class DecodedItem:
-    index: int
+    index: int  # row within the samples
     views: np.ndarray | None  # uint8 [V, S, S, 3], None on error
     width: int | None
     height: int | None
     error: str | None
+    variant: str = "clean"
 
 
 @dataclass
 class ViewBatch:
-    indices: list[int]  # positions (within the shard) of the rows in `views`
+    variant: str  # every row of a batch has the same variant
+    indices: list[int]  # rows (within the samples) of the images in `views`
     views: torch.Tensor  # uint8 [b, V, S, S, 3]
     items: list[DecodedItem]  # every row of the batch, errors included
 
 
 class ViewDataset(Dataset):
-    """Samples -> decoded, upright RGB -> the 12 views at `view_size`."""
+    """Index i -> row i % n of `samples` under variant i // n: decoded, upright RGB, the
+    variant applied, then the 12 views at `view_size`."""
 
     def __init__(
         self,
         samples: Sequence[Sample],
         view_size: int,
-        variant: str = "clean",
+        variants: Sequence[str] = ("clean",),
         max_pixels: int = MAX_PIXELS,
     ):
         self.samples = samples
         self.view_size = view_size
-        self.variant = variant
+        self.variants = list(variants)
         self.max_pixels = max_pixels
         # The smallest view is a tile of 1/2.5 of each side: keep it at least view_size.
         self.draft_side = int(np.ceil(view_size / TILE_FRACTION))
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * len(self.variants)
 
     def __getitem__(self, index: int) -> DecodedItem:
-        sample = self.samples[index]
+        variant, row = self.variants[index // len(self.samples)], index % len(self.samples)
+        sample = self.samples[row]
         if sample.error:
-            return DecodedItem(index, None, None, None, sample.error)
+            return DecodedItem(row, None, None, None, sample.error, variant)
         try:
             img = decode_image(sample.image_bytes, self.max_pixels, self.draft_side)
         except ImageError as exc:
-            return DecodedItem(index, None, None, None, str(exc))
+            return DecodedItem(row, None, None, None, str(exc), variant)
         # Record the size of the full image, not of a reduced-scale JPEG draft.
         width, height = img.info.get("full_size", img.size)
-        img = apply_variant(img, self.variant, sample.id)
+        img = apply_variant(img, variant, sample.id)
         views = np.stack([np.asarray(v) for v in render_views(img, self.view_size)])
-        return DecodedItem(index, views, width, height, None)
+        return DecodedItem(row, views, width, height, None, variant)
+
+
+def variant_batches(n_rows: int, n_variants: int, batch_size: int) -> list[list[int]]:
+    """Dataset indices in batches of at most `batch_size`, variant after variant, so that no
+    batch mixes two variants and each variant's rows come in order."""
+    return [
+        list(range(v * n_rows + lo, v * n_rows + min(lo + batch_size, n_rows)))
+        for v in range(n_variants)
+        for lo in range(0, n_rows, batch_size)
+    ]
 
 
 def collate(items: list[DecodedItem]) -> ViewBatch:
@@ -77,7 +92,7 @@ def collate(items: list[DecodedItem]) -> ViewBatch:
         if ok
         else torch.empty((0, N_VIEWS, 0, 0, 3), dtype=torch.uint8)
     )
-    return ViewBatch([it.index for it in ok], views, items)
+    return ViewBatch(items[0].variant, [it.index for it in ok], views, items)
 
 
 def view_loader(
@@ -86,12 +101,14 @@ def view_loader(
     batch_size: int,
     workers: int,
     pin: bool,
-    variant: str = "clean",
+    variants: Sequence[str] = ("clean",),
 ) -> DataLoader:
+    """Batches (`ViewBatch`) of every variant in turn, each variant's rows in order."""
+    # Import what the recipes need before the workers fork, so they share it.
+    prepare_variants(variants)
     return DataLoader(
-        ViewDataset(samples, view_size, variant),
-        batch_size=batch_size,
-        shuffle=False,
+        ViewDataset(samples, view_size, variants),
+        batch_sampler=variant_batches(len(samples), len(variants), batch_size),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -155,8 +156,18 @@ WEATHER = ("rain", "fog", "shadow", "glare")
 WEATHER_P = 0.4
 
 
+def prepare_variants(names: Sequence[str]) -> None:
+    """Build what the recipes of `names` need now, in this process: DataLoader workers forked
+    afterwards share it instead of each importing albumentations on its first image."""
+    if any(split_name(name)[0] == "aug" for name in names):
+        _aug_stages()
+
+
 @lru_cache(maxsize=1)
 def _aug_stages() -> dict[str, Callable]:
+    # albumentations asks PyPI for a newer version on import (a 2 s timeout): an offline
+    # GPU box would pay it once per process.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
 
     return {

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from rich.table import Table
 
 from roadwork_cache import __version__
 from roadwork_cache.backbone import POOLS, FrozenBackbone, get_preset, load_backbone
-from roadwork_cache.batching import view_loader
+from roadwork_cache.batching import ViewBatch, view_loader
 from roadwork_cache.data.schema import Sample
 from roadwork_cache.data.sources import open_source
 from roadwork_cache.distributed import close_ranks, init_ranks
@@ -139,29 +141,79 @@ def sample_row(sample: Sample, width: int | None, height: int | None, error: str
     }
 
 
-def extract_shard(
-    samples: list[Sample],
-    backbone: FrozenBackbone,
-    cfg: ExtractConfig,
-    workers: int,
-    advance,
-    variant: str = "clean",
-) -> tuple[np.ndarray, list[dict]]:
-    """Features float32 [n, V, D] (zeros for error rows) and the samples.parquet rows."""
-    feats = np.zeros((len(samples), N_VIEWS, backbone.feature_dim), dtype=np.float32)
-    rows: list[dict | None] = [None] * len(samples)
-    pin = backbone.device.type == "cuda"
-    loader = view_loader(samples, backbone.info["view_size"], cfg.batch_size, workers, pin,
-                         variant)
+@dataclass
+class InFlight:
+    """A batch whose forward is queued on the device; its features reach the host when
+    `ready` fires (None off CUDA, where everything is synchronous)."""
+
+    batch: ViewBatch
+    feats: torch.Tensor | None  # [b, V, D] on the host, once ready
+    ready: torch.cuda.Event | None = None
+
+    def result(self) -> np.ndarray | None:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return None if self.feats is None else self.feats.numpy()
+
+
+def launch(backbone: FrozenBackbone, batch: ViewBatch) -> InFlight:
+    if not batch.indices:
+        return InFlight(batch, None)
+    b, v, s = batch.views.shape[:3]
+    out = backbone(batch.views.view(b * v, s, s, 3)).view(b, v, -1)
+    if out.device.type != "cuda":
+        return InFlight(batch, out)
+    # A non-blocking copy into pinned memory, and an event to wait on it alone: the next
+    # batch's forward is queued before this one is waited for, so the GPU never idles
+    # while the host collects features and fetches the next batch.
+    host = out.to("cpu", non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return InFlight(batch, host, ready)
+
+
+def backbone_features(
+    loader: Iterable[ViewBatch], backbone: FrozenBackbone
+) -> Iterator[tuple[ViewBatch, np.ndarray | None]]:
+    """(batch, features float32 [b, V, D] or None when no image decoded) for every batch,
+    one batch ahead on the device."""
+    pending: InFlight | None = None
     for batch in loader:
-        if batch.indices:
-            b, v, s = batch.views.shape[:3]
-            out = backbone(batch.views.view(b * v, s, s, 3)).view(b, v, -1)
-            feats[batch.indices] = out.cpu().numpy()
-        for item in batch.items:
-            rows[item.index] = sample_row(samples[item.index], item.width, item.height, item.error)
-        advance(len(batch.items))
-    return feats, rows  # type: ignore[return-value]
+        queued = launch(backbone, batch)
+        if pending is not None:
+            yield pending.batch, pending.result()
+        pending = queued
+    if pending is not None:
+        yield pending.batch, pending.result()
+
+
+def extract_variants(
+    samples: list[Sample],
+    variants: list[str],
+    backbone: FrozenBackbone,
+    batch_size: int,
+    workers: int,
+    advance: Callable[[int], None],
+) -> Iterator[tuple[str, np.ndarray, list[dict]]]:
+    """(variant, features float32 [n, V, D] with zeros for error rows, samples.parquet rows)
+    for each variant in turn, yielded as soon as its last batch is done. One loader serves
+    them all, so the decoding workers start once."""
+    if not variants:
+        return
+    loader = view_loader(samples, backbone.info["view_size"], batch_size, workers,
+                         backbone.device.type == "cuda", variants)
+    batches = backbone_features(loader, backbone)
+    for variant, group in itertools.groupby(batches, key=lambda pair: pair[0].variant):
+        feats = np.zeros((len(samples), N_VIEWS, backbone.feature_dim), dtype=np.float32)
+        rows: list[dict | None] = [None] * len(samples)
+        for batch, out in group:
+            if out is not None:
+                feats[batch.indices] = out
+            for item in batch.items:
+                rows[item.index] = sample_row(samples[item.index], item.width, item.height,
+                                              item.error)
+            advance(len(batch.items))
+        yield variant, feats, rows  # type: ignore[misc]
 
 
 def open_or_create(
@@ -304,8 +356,9 @@ def write_shard(
     samples = list(reader.iter_samples(shard.start, shard.stop))
     rows = None
     # clean first: its pass also yields the sample rows (sizes, decode errors)
-    for variant in sorted(variants, key=lambda v: v != "clean"):
-        feats, variant_rows = extract_shard(samples, backbone, cfg, workers, advance, variant)
+    ordered = sorted(variants, key=lambda v: v != "clean")
+    for variant, feats, variant_rows in extract_variants(samples, ordered, backbone,
+                                                         cfg.batch_size, workers, advance):
         cache.write_features(variant, shard, feats)
         if variant == "clean":
             rows = variant_rows
