@@ -76,6 +76,15 @@ class TrainResult:
     stopped_early: bool
 
 
+def resident(features: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where a trainer keeps its features: on a CUDA device when they take at most half of
+    its free memory, else pinned on the host (batches then copy asynchronously)."""
+    if device.type != "cuda":
+        return features
+    free, _ = torch.cuda.mem_get_info(device)
+    return features.to(device) if features.nbytes <= free // 2 else features.pin_memory()
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -138,22 +147,24 @@ class Trainer:
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
-        # One stacked tensor [n_variants, n, V, D]; pinned so batches copy asynchronously.
-        stacked = torch.from_numpy(np.stack(variants))
-        self.features = stacked.pin_memory() if device.type == "cuda" else stacked
-        self.labels = torch.from_numpy(labels.astype(np.int64))
-        self.meta = meta
-        self.weather_mask = meta.weather.sum(dim=1) > 0
+        # One stacked tensor [n_variants, n, V, D], on the device when it fits (a batch is
+        # then a gather there), else pinned on the host. Rows, labels and metadata live on
+        # the device: a step reads nothing from the host but its row indices.
+        self.features = resident(torch.from_numpy(np.stack(variants)), device)
+        self.val_labels = labels.astype(np.int64)
+        self.labels = torch.from_numpy(self.val_labels).to(device)
+        self.meta = meta.to(device)
+        self.weather_mask = self.meta.weather.sum(dim=1) > 0
         self.eval_features = variants[0] if eval_features is None else eval_features
         # Distillation: a target probability per row replaces the focal / consistency /
         # weather objective with binary cross-entropy against it.
         self.soft = None if soft_targets is None else torch.from_numpy(
-            soft_targets.astype(np.float32))
+            soft_targets.astype(np.float32)).to(device)
 
     def _loss(self, out, rows: torch.Tensor, meta: MetadataBatch, y, wmask) -> LossParts:
         if self.soft is not None:
             z = (out.logits[:, 1] - out.logits[:, 0]).float()
-            bce = F.binary_cross_entropy_with_logits(z, self.soft[rows].to(self.device))
+            bce = F.binary_cross_entropy_with_logits(z, self.soft[rows])
             zero = bce.detach() * 0.0
             return LossParts(total=bce, focal=bce, consistency=zero, weather=zero)
         cfg = self.cfg
@@ -163,9 +174,13 @@ class Trainer:
         )
 
     def _batch(self, rows: torch.Tensor, variant: torch.Tensor):
-        x = self.features[variant, rows].to(self.device, non_blocking=True).float()
-        meta = self.meta.select(rows).to(self.device)
-        return x, meta, self.labels[rows].to(self.device), self.weather_mask[rows].to(self.device)
+        """CPU row and variant indices -> (features, metadata, labels, weather mask) on the
+        device, and the rows there."""
+        where = self.features.device
+        x = self.features[variant.to(where), rows.to(where)]
+        x = x.to(self.device, non_blocking=True).float()
+        rows = rows.to(self.device)
+        return x, self.meta.select(rows), self.labels[rows], self.weather_mask[rows], rows
 
     def fit(
         self,
@@ -193,7 +208,7 @@ class Trainer:
         )
         warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(warmup, total))
-        val_y = self.labels[val_idx].numpy()
+        val_y = self.val_labels[val_idx]
 
         history: list[EpochLog] = []
         best = (-math.inf, -1)
@@ -203,12 +218,12 @@ class Trainer:
             model.train()
             draw = train_rows[torch.multinomial(weights, len(train_idx), True, generator=gen)]
             variant = torch.randint(len(self.features), (len(draw),), generator=gen)
-            sums = np.zeros(4)
+            sums = torch.zeros(4, device=self.device)  # read once per epoch: no sync per step
             n_batches = 0
             optim.zero_grad(set_to_none=True)
             for i, lo in enumerate(range(0, len(draw), cfg.batch_size)):
                 rows = draw[lo : lo + cfg.batch_size]
-                x, meta, y, wmask = self._batch(rows, variant[lo : lo + cfg.batch_size])
+                x, meta, y, wmask, rows = self._batch(rows, variant[lo : lo + cfg.batch_size])
                 with autocast(self.device):
                     out = model(x, meta)
                 parts = self._loss(out, rows, meta, y, wmask)
@@ -219,15 +234,8 @@ class Trainer:
                     optim.step()
                     optim.zero_grad(set_to_none=True)
                     sched.step()
-                sums += [
-                    v.item()
-                    for v in (
-                        parts.total.detach(),
-                        parts.focal.detach(),
-                        parts.consistency.detach(),
-                        parts.weather.detach(),
-                    )
-                ]
+                sums += torch.stack([parts.total, parts.focal, parts.consistency,
+                                     parts.weather]).detach().float()
                 n_batches += 1
 
             prob, _ = predict(model, self.eval_features[val_idx], None, self.device)
