@@ -174,11 +174,9 @@ class Trainer:
         )
 
     def _batch(self, rows: torch.Tensor, variant: torch.Tensor):
-        """CPU row and variant indices -> (features, metadata, labels, weather mask) on the
-        device, and the rows there."""
-        where = self.features.device
-        x = self.features[variant.to(where), rows.to(where)]
-        x = x.to(self.device, non_blocking=True).float()
+        """Row and variant indices (where the features are) -> (features, metadata, labels,
+        weather mask) on the device, and the rows there."""
+        x = self.features[variant, rows].to(self.device, non_blocking=True).float()
         rows = rows.to(self.device)
         return x, self.meta.select(rows), self.labels[rows], self.weather_mask[rows], rows
 
@@ -218,6 +216,9 @@ class Trainer:
             model.train()
             draw = train_rows[torch.multinomial(weights, len(train_idx), True, generator=gen)]
             variant = torch.randint(len(self.features), (len(draw),), generator=gen)
+            # Drawn on the CPU (the same stream on any device), moved once per epoch: a copy
+            # from pageable memory inside the step would wait for the queued kernels.
+            draw, variant = draw.to(self.features.device), variant.to(self.features.device)
             sums = torch.zeros(4, device=self.device)  # read once per epoch: no sync per step
             n_batches = 0
             optim.zero_grad(set_to_none=True)

@@ -101,9 +101,12 @@ def weather_aux_loss(
     mask = mask.reshape(-1).bool()
     if mask.shape[0] != logits.shape[0]:
         raise UserError(f"weather mask must have shape [{logits.shape[0]}].")
-    if not bool(mask.any()):
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[mask].float(), multi_hot[mask].float())
+    # A masked mean rather than logits[mask]: boolean indexing (and a test of mask.any())
+    # would wait for the GPU on every step.
+    per_row = F.binary_cross_entropy_with_logits(
+        logits.float(), multi_hot.float(), reduction="none").mean(dim=1)
+    keep = mask.float()
+    return (per_row * keep).sum() / keep.sum().clamp(min=1.0)
 
 
 @dataclass
