@@ -25,7 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ from roadwork_cache.heads.io import save_weights
 from roadwork_cache.progress import console, progress_bar
 from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.stages.train_head import (
-    DEFAULT_BRACKETS,
     TrainHeadOptions,
     evaluation_variants,
     head_config,
@@ -99,16 +98,13 @@ CLEAN = "clean:none"  # the key everything is fitted and tuned on: the deploymen
 
 
 @dataclass
-class EnsembleOptions:
-    cache: Path
-    out: Path
+class EnsembleOptions(TrainHeadOptions):
+    """train-head's options, under every member (its `head` and `train` are the defaults a
+    member's own overrides go over), plus the ensemble's own."""
+
     members: str = "default"  # 'default' or a YAML / JSON members file
     folds: int = 5  # grouped folds of the members' out-of-fold logits
     seed: int = 42  # of the folds (members have their own seeds)
-    head: dict[str, Any] = field(default_factory=dict)  # under every member's head overrides
-    train: TrainConfig = field(default_factory=TrainConfig)  # under every member's overrides
-    variants: list[str] | None = None  # None: every clean / aug-* / natix-* variant
-    target: str | None = None  # cache (DoRA + GPS target) or CSV (GPS only); default test split
     dora_folds: int = 0
     dora_member: str | None = None  # default: the member with the best OOF MCC
     dora: DoraSettings = field(default_factory=DoraSettings)
@@ -116,22 +112,11 @@ class EnsembleOptions:
     distill: bool = False
     distill_cfg: DistillConfig = field(default_factory=DistillConfig)
     jobs: int = 1  # worker processes for the member folds
-    gps_brackets: tuple[tuple[float, float], ...] = DEFAULT_BRACKETS
-    gps_beyond: float = 0.3
-    gps_k: int = 5
-    leak_bound: float = 0.3
-    allow_leaky: bool = False
-    device: str = "auto"
-    progress: bool = True
 
     def head_options(self, spec: MemberSpec | None = None) -> TrainHeadOptions:
         """The train-head options a member would have had: train-head's helpers take them."""
-        head = {**self.head, **(spec.head if spec else {})}
-        return TrainHeadOptions(
-            cache=self.cache, out=self.out, head=head, train=self.train,
-            variants=self.variants, target=self.target, gps_brackets=self.gps_brackets,
-            gps_beyond=self.gps_beyond, gps_k=self.gps_k, leak_bound=self.leak_bound,
-            allow_leaky=self.allow_leaky, device=self.device, progress=self.progress)
+        shared = {f.name: getattr(self, f.name) for f in fields(TrainHeadOptions)}
+        return TrainHeadOptions(**{**shared, "head": {**self.head, **(spec.head if spec else {})}})
 
 
 def cache_fingerprint(data: CacheData) -> dict[str, Any]:
