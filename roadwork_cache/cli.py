@@ -23,6 +23,17 @@ app = typer.Typer(
 cache_app = typer.Typer(help="Inspect a feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
+# Options that several commands share, declared once.
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+GpsBrackets = Annotated[str, typer.Option(
+    help="km:weight brackets of distance to the nearest target centre.")]
+GpsBeyond = Annotated[float, typer.Option(help="Weight beyond the last bracket.")]
+LeakBound = Annotated[float, typer.Option(
+    help="A metadata field whose |MCC| with the label exceeds this is leaky.")]
+AllowLeaky = Annotated[bool, typer.Option(
+    "--allow-leaky-metadata", help="Keep leaky fields (scores will be inflated).")]
+
 
 @app.command()
 def synth(
@@ -76,7 +87,7 @@ def extract(
     workers: Annotated[int | None, typer.Option(
         help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     shard_rows: Annotated[int, typer.Option(
         help="Rows per Zarr shard: the unit of writing and of resume.")] = 1024,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
@@ -89,7 +100,7 @@ def extract(
         "K <= 8). Variants already in the cache are skipped.")] = "clean",
     text: Annotated[bool, typer.Option(
         help="Embed scene_description with the bundled all-MiniLM-L6-v2.")] = True,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Run the frozen DINOv3 backbone once over the 12 views of every image into a Zarr cache.
 
@@ -180,18 +191,14 @@ def train_head(
     target: Annotated[str | None, typer.Option(
         help="GPS target for weighted sampling: a cache folder or a CSV with lat,lon "
         "(default: the cache's test split).")] = None,
-    gps_brackets: Annotated[str, typer.Option(
-        help="km:weight brackets of distance to the nearest target centre.")
-    ] = "50:5,200:2.5,500:1",
-    gps_beyond: Annotated[float, typer.Option(help="Weight beyond the last bracket.")] = 0.3,
-    leak_bound: Annotated[float, typer.Option(
-        help="A metadata field whose |MCC| with the label exceeds this is leaky.")] = 0.3,
-    allow_leaky_metadata: Annotated[bool, typer.Option(
-        "--allow-leaky-metadata", help="Keep leaky fields (scores will be inflated).")] = False,
+    gps_brackets: GpsBrackets = "50:5,200:2.5,500:1",
+    gps_beyond: GpsBeyond = 0.3,
+    leak_bound: LeakBound = 0.3,
+    allow_leaky_metadata: AllowLeaky = False,
     config: Annotated[Path | None, typer.Option(
         help="JSON or YAML file with 'head' and 'train' sections; flags override it.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    device: Device = "auto",
+    progress: Progress = True,
 ) -> None:
     """Train the pruning / gated-attention / GAFM / metadata head from cached features.
 
@@ -295,16 +302,12 @@ def ensemble(
         "aug-*, natix-*); a member's own 'variants' wins.")] = None,
     config: Annotated[Path | None, typer.Option(
         help="JSON or YAML file with 'head' and 'train' sections under every member.")] = None,
-    gps_brackets: Annotated[str, typer.Option(
-        help="km:weight brackets of distance to the nearest target centre.")
-    ] = "50:5,200:2.5,500:1",
-    gps_beyond: Annotated[float, typer.Option(help="Weight beyond the last bracket.")] = 0.3,
-    leak_bound: Annotated[float, typer.Option(
-        help="A metadata field whose |MCC| with the label exceeds this is leaky.")] = 0.3,
-    allow_leaky_metadata: Annotated[bool, typer.Option(
-        "--allow-leaky-metadata", help="Keep leaky fields (scores will be inflated).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    gps_brackets: GpsBrackets = "50:5,200:2.5,500:1",
+    gps_beyond: GpsBeyond = 0.3,
+    leak_bound: LeakBound = 0.3,
+    allow_leaky_metadata: AllowLeaky = False,
+    device: Device = "auto",
+    progress: Progress = True,
 ) -> None:
     """Train an ensemble of diverse heads, stack them, optionally adapt one with DoRA.
 
@@ -363,8 +366,8 @@ def tta(
     save_stats: Annotated[bool, typer.Option(
         help="Write foods.safetensors into the model folder, so `roadwork predict --tta` "
         "weighs its variants the same way.")] = True,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    device: Device = "auto",
+    progress: Progress = True,
 ) -> None:
     """FOODS test-time augmentation from cached TTA variants, beside mean-TTA and no TTA.
 
@@ -418,11 +421,11 @@ def predict(
     workers: Annotated[int | None, typer.Option(
         help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print one JSON array: {path, probability, roadwork, error} per image.")
     ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """The probability a StreetVision miner would return for each image (0.5 is the cut).
 
