@@ -100,7 +100,8 @@ CLEAN = "clean:none"  # the key everything is fitted and tuned on: the deploymen
 @dataclass
 class EnsembleOptions(TrainHeadOptions):
     """train-head's options, under every member (its `head` and `train` are the defaults a
-    member's own overrides go over), plus the ensemble's own."""
+    member's own overrides go over), plus the ensemble's own. A `target` that is a cache is
+    also the DoRA folds' target set; a CSV steers GPS sampling only."""
 
     members: str = "default"  # 'default' or a YAML / JSON members file
     folds: int = 5  # grouped folds of the members' out-of-fold logits
