@@ -78,11 +78,12 @@ class TrainResult:
 
 def resident(features: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Where a trainer keeps its features: on a CUDA device when they take at most half of
-    its free memory, else pinned on the host (batches then copy asynchronously)."""
+    its free memory, else on the host. (Pinning the host copy would buy nothing: a batch is
+    gathered from it into fresh pageable memory either way.)"""
     if device.type != "cuda":
         return features
     free, _ = torch.cuda.mem_get_info(device)
-    return features.to(device) if features.nbytes <= free // 2 else features.pin_memory()
+    return features.to(device) if features.nbytes <= free // 2 else features
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -148,11 +149,11 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         # One stacked tensor [n_variants, n, V, D], on the device when it fits (a batch is
-        # then a gather there), else pinned on the host. Rows, labels and metadata live on
+        # then a gather there), else on the host. Rows, labels and metadata live on
         # the device: a step reads nothing from the host but its row indices.
         self.features = resident(torch.from_numpy(np.stack(variants)), device)
-        self.val_labels = labels.astype(np.int64)
-        self.labels = torch.from_numpy(self.val_labels).to(device)
+        self.host_labels = labels.astype(np.int64)  # for metrics, which run on the host
+        self.labels = torch.from_numpy(self.host_labels).to(device)
         self.meta = meta.to(device)
         self.weather_mask = self.meta.weather.sum(dim=1) > 0
         self.eval_features = variants[0] if eval_features is None else eval_features
@@ -206,7 +207,7 @@ class Trainer:
         )
         warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(warmup, total))
-        val_y = self.val_labels[val_idx]
+        val_y = self.host_labels[val_idx]
 
         history: list[EpochLog] = []
         best = (-math.inf, -1)
