@@ -36,7 +36,6 @@ Registering the detector in a StreetVision miner (`base_miner/detectors/`; the m
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import threading
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import get_worker_info
 
 from roadwork_cache.backbone import FrozenBackbone, load_backbone
 from roadwork_cache.bundle import Bundle, load_bundle
@@ -151,17 +151,25 @@ def image_views(img: Image.Image, variants: tuple[str, ...] | list[str], view_si
         return np.stack([np.asarray(v) for v in render_views(apply_variant(img, name, sample_id),
                                                              view_size)])
 
-    if len(variants) == 1:
-        return one(variants[0])[None]
+    if len(variants) == 1 or get_worker_info() is not None:
+        # One variant, or a DataLoader worker: the workers already use the cores.
+        return np.stack([one(name) for name in variants])
     # PIL releases the GIL while it resizes: TTA variants are cut in parallel threads (nine
     # variants of a 224 px challenge take about 0.3 s on one core).
     return np.stack(list(_view_pool().map(one, variants)))
 
 
-@functools.cache
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
 def _view_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
-                              thread_name_prefix="roadwork-views")
+    """This process's pool: a forked child inherits the parent's pool object but not its
+    threads, and work sent to it would wait forever."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
+                                                 thread_name_prefix="roadwork-views"))
+    return _POOL[1]
 
 
 def draft_side(view_size: int) -> int:

@@ -4,6 +4,7 @@ numbers as the cache-based `roadwork tta`, and the detector equal to `predict`."
 
 import csv
 import json
+import multiprocessing
 import shutil
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 from helpers import run_cli, shared_real
 from roadwork_cache.bundle import load_bundle
 from roadwork_cache.data.images import ImageError
+from roadwork_cache.detector import image_views
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.stages.extract import ExtractConfig, run_extract
 from roadwork_cache.stages.predict import PredictOptions, run_predict
@@ -218,3 +220,35 @@ def test_demo_refuses_a_used_folder_and_variants_without_tta(tmp_path):
         run_demo(DemoOptions(out=tmp_path / "used"))
     with pytest.raises(UserError, match="needs tta variants"):
         run_demo(DemoOptions(out=tmp_path / "new", variants="clean,aug:2"))
+
+
+# ---- TTA views cut in threads, and processes forked after that ---------------------------------
+
+FORK_VARIANTS = ("clean", "tta-0", "tta-1")
+
+
+def _fork_image():
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+
+
+class _ViewsDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return image_views(_fork_image(), FORK_VARIANTS, 32)
+
+
+def _views_in_child(_):
+    return image_views(_fork_image(), FORK_VARIANTS, 32)
+
+
+def test_views_are_cut_in_processes_forked_after_the_parent_used_its_thread_pool():
+    want = image_views(_fork_image(), FORK_VARIANTS, 32)  # the parent's pool now exists
+    loader = torch.utils.data.DataLoader(_ViewsDataset(), batch_size=None, num_workers=1,
+                                         timeout=60)
+    for got in loader:
+        assert np.array_equal(np.asarray(got), want)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.map_async(_views_in_child, [0]).get(timeout=60)[0]
+    assert np.array_equal(got, want)
