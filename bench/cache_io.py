@@ -78,8 +78,15 @@ class Format:
 def zarr_writer(chunk_rows: int, shard_rows: int) -> Callable[[Path, np.ndarray], None]:
     def write(path: Path, data: np.ndarray) -> None:
         n_rows, n_views, dim = data.shape
-        cache = Cache.create(path, n_rows=n_rows, n_views=n_views, feature_dim=dim, attrs={},
-                             shard_rows=shard_rows, chunk_rows=chunk_rows)
+        cache = Cache.create(
+            path,
+            n_rows=n_rows,
+            n_views=n_views,
+            feature_dim=dim,
+            attrs={},
+            shard_rows=shard_rows,
+            chunk_rows=chunk_rows,
+        )
         cache.ensure_variant(VARIANT)
         for shard in cache.shards():
             cache.write_features(VARIANT, shard, data[shard.start : shard.stop])
@@ -108,8 +115,9 @@ def hdf5_writer(chunk_rows: int | None, block_rows: int) -> Callable[[Path, np.n
     def write(path: Path, data: np.ndarray) -> None:
         chunks = None if chunk_rows is None else (chunk_rows, *data.shape[1:])
         with h5py.File(path, "w") as f:
-            dataset = f.create_dataset("features", shape=data.shape, dtype=data.dtype,
-                                       chunks=chunks)
+            dataset = f.create_dataset(
+                "features", shape=data.shape, dtype=data.dtype, chunks=chunks
+            )
             for start in range(0, len(data), block_rows):
                 dataset[start : start + block_rows] = data[start : start + block_rows]
 
@@ -160,19 +168,57 @@ def torch_mmap_read_batches(path: Path, batches: list[np.ndarray]) -> list[np.nd
 def all_formats(root: Path, chunk_rows: int, shard_rows: int) -> list[Format]:
     torch_file = root / "features.pt"
     return [
-        Format("zarr", f"zarr cache (chunk {chunk_rows}, shard {shard_rows})", root / "cache",
-               zarr_writer(chunk_rows, shard_rows), zarr_read_full, zarr_read_batches),
-        Format("zarr-pipeline", "zarr array[:] (zarr's read path)", root / "cache",
-               zarr_writer(chunk_rows, shard_rows), zarr_pipeline_full, None, shares_file=True),
-        Format("hdf5-chunked", f"hdf5 chunked ({chunk_rows} rows)", root / "chunked.h5",
-               hdf5_writer(chunk_rows, shard_rows), hdf5_read_full, hdf5_read_batches),
-        Format("hdf5", "hdf5 default (contiguous)", root / "contiguous.h5",
-               hdf5_writer(None, shard_rows), hdf5_read_full, hdf5_read_batches),
-        Format(BASELINE, "npy memmap", root / "features.npy", npy_write, npy_read_full,
-               npy_read_batches),
+        Format(
+            "zarr",
+            f"zarr cache (chunk {chunk_rows}, shard {shard_rows})",
+            root / "cache",
+            zarr_writer(chunk_rows, shard_rows),
+            zarr_read_full,
+            zarr_read_batches,
+        ),
+        Format(
+            "zarr-pipeline",
+            "zarr array[:] (zarr's read path)",
+            root / "cache",
+            zarr_writer(chunk_rows, shard_rows),
+            zarr_pipeline_full,
+            None,
+            shares_file=True,
+        ),
+        Format(
+            "hdf5-chunked",
+            f"hdf5 chunked ({chunk_rows} rows)",
+            root / "chunked.h5",
+            hdf5_writer(chunk_rows, shard_rows),
+            hdf5_read_full,
+            hdf5_read_batches,
+        ),
+        Format(
+            "hdf5",
+            "hdf5 default (contiguous)",
+            root / "contiguous.h5",
+            hdf5_writer(None, shard_rows),
+            hdf5_read_full,
+            hdf5_read_batches,
+        ),
+        Format(
+            BASELINE,
+            "npy memmap",
+            root / "features.npy",
+            npy_write,
+            npy_read_full,
+            npy_read_batches,
+        ),
         Format("torch", "torch.save", torch_file, torch_write, torch_read_full, None),
-        Format("torch-mmap", "torch.save mmap=True", torch_file, torch_write,
-               torch_mmap_read_full, torch_mmap_read_batches, shares_file=True),
+        Format(
+            "torch-mmap",
+            "torch.save mmap=True",
+            torch_file,
+            torch_write,
+            torch_mmap_read_full,
+            torch_mmap_read_batches,
+            shares_file=True,
+        ),
     ]
 
 
@@ -297,10 +343,12 @@ def random_batches(rows: int, batch: int, n_batches: int, seed: int) -> list[np.
 def host_line() -> str:
     cpus = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    return (f"host: {platform.node()} {platform.machine()}, {cpus} CPUs ({usable} usable), "
-            f"python {platform.python_version()}, numpy {np.__version__}, "
-            f"zarr {zarr.__version__}, h5py {h5py.__version__} "
-            f"(HDF5 {h5py.version.hdf5_version}), torch {torch.__version__}")
+    return (
+        f"host: {platform.node()} {platform.machine()}, {cpus} CPUs ({usable} usable), "
+        f"python {platform.python_version()}, numpy {np.__version__}, "
+        f"zarr {zarr.__version__}, h5py {h5py.__version__} "
+        f"(HDF5 {h5py.version.hdf5_version}), torch {torch.__version__}"
+    )
 
 
 def fmt_rate(value: float | None) -> str:
@@ -319,26 +367,39 @@ def ratio(seconds: float | None, baseline: float | None) -> float | None:
     return None if seconds is None or baseline is None else seconds / baseline
 
 
-def print_table(formats: list[Format], results: dict[str, Result], size_mb: float,
-                rows_read: int) -> None:
+def print_table(
+    formats: list[Format], results: dict[str, Result], size_mb: float, rows_read: int
+) -> None:
     base = results[BASELINE]
-    header = ["format", "write MB/s", "full read MB/s cold", "vs npy", "warm", "vs npy",
-              "minibatch rows/s cold", "vs npy", "warm", "vs npy"]
+    header = [
+        "format",
+        "write MB/s",
+        "full read MB/s cold",
+        "vs npy",
+        "warm",
+        "vs npy",
+        "minibatch rows/s cold",
+        "vs npy",
+        "warm",
+        "vs npy",
+    ]
     lines = [header]
     for fmt in formats:
         r = results[fmt.key]
-        lines.append([
-            fmt.name,
-            fmt_rate(per_second(size_mb, r.write_s)),
-            fmt_rate(per_second(size_mb, r.full_cold_s)),
-            fmt_ratio(ratio(r.full_cold_s, base.full_cold_s)),
-            fmt_rate(per_second(size_mb, r.full_warm_s)),
-            fmt_ratio(ratio(r.full_warm_s, base.full_warm_s)),
-            fmt_rate(per_second(rows_read, r.batch_cold_s)),
-            fmt_ratio(ratio(r.batch_cold_s, base.batch_cold_s)),
-            fmt_rate(per_second(rows_read, r.batch_warm_s)),
-            fmt_ratio(ratio(r.batch_warm_s, base.batch_warm_s)),
-        ])
+        lines.append(
+            [
+                fmt.name,
+                fmt_rate(per_second(size_mb, r.write_s)),
+                fmt_rate(per_second(size_mb, r.full_cold_s)),
+                fmt_ratio(ratio(r.full_cold_s, base.full_cold_s)),
+                fmt_rate(per_second(size_mb, r.full_warm_s)),
+                fmt_ratio(ratio(r.full_warm_s, base.full_warm_s)),
+                fmt_rate(per_second(rows_read, r.batch_cold_s)),
+                fmt_ratio(ratio(r.batch_cold_s, base.batch_cold_s)),
+                fmt_rate(per_second(rows_read, r.batch_warm_s)),
+                fmt_ratio(ratio(r.batch_warm_s, base.batch_warm_s)),
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for i, line in enumerate(lines):
         cells = [line[0].ljust(widths[0])]
@@ -378,15 +439,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=50, help="mini-batches per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timings keep the best repeat")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where to write the files (default: a fresh temporary folder)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to write the files (default: a fresh temporary folder)",
+    )
     parser.add_argument("--chunk-rows", type=int, default=16, help="Cache.create chunk_rows")
     parser.add_argument("--shard-rows", type=int, default=1024, help="Cache.create shard_rows")
-    parser.add_argument("--zarr-concurrency", type=int, default=None,
-                        help="zarr.config async.concurrency (zarr's default: 10)")
-    parser.add_argument("--formats", default=",".join(FORMAT_KEYS),
-                        help=f"comma-separated subset of {','.join(FORMAT_KEYS)}; npy (the "
-                             "baseline) is always run")
+    parser.add_argument(
+        "--zarr-concurrency",
+        type=int,
+        default=None,
+        help="zarr.config async.concurrency (zarr's default: 10)",
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(FORMAT_KEYS),
+        help=f"comma-separated subset of {','.join(FORMAT_KEYS)}; npy (the baseline) is always run",
+    )
     args = parser.parse_args()
     args.formats = [key.strip() for key in args.formats.split(",") if key.strip()]
     unknown = set(args.formats) - set(FORMAT_KEYS)
@@ -407,12 +478,17 @@ def main() -> None:
     parent.mkdir(parents=True, exist_ok=True)
 
     print(host_line())
-    print(f"zarr async.concurrency {zarr.config.get('async.concurrency')}, "
-          f"threading.max_workers {zarr.config.get('threading.max_workers')}; files under "
-          f"{parent}")
-    print(f"data: float16 [{args.rows}, {args.views}, {args.dim}] = {size_mb:,.1f} MB; "
-          f"minibatches: {len(batches)} x {len(batches[0])} sorted random rows; "
-          f"best of {args.repeats} repeats", flush=True)
+    print(
+        f"zarr async.concurrency {zarr.config.get('async.concurrency')}, "
+        f"threading.max_workers {zarr.config.get('threading.max_workers')}; files under "
+        f"{parent}"
+    )
+    print(
+        f"data: float16 [{args.rows}, {args.views}, {args.dim}] = {size_mb:,.1f} MB; "
+        f"minibatches: {len(batches)} x {len(batches[0])} sorted random rows; "
+        f"best of {args.repeats} repeats",
+        flush=True,
+    )
 
     root = Path(tempfile.mkdtemp(prefix="cache_io-", dir=parent))
     wanted = set(args.formats) | {BASELINE}
@@ -432,12 +508,16 @@ def main() -> None:
     cold = modes != {"warm"}
     if cold:
         how = ", ".join(sorted(modes - {"warm"}))
-        print(f"reads: cold = page cache dropped before each cold read ({how}); warm = the same "
-              "read again straight after")
+        print(
+            f"reads: cold = page cache dropped before each cold read ({how}); warm = the same "
+            "read again straight after"
+        )
     else:
         print("reads: warm cache (could not drop the page cache): the cold columns are warm too")
-    print("write includes os.sync(); vs npy: ratio of times against the npy memmap "
-          "(1.00x as fast, 2.00x twice as slow)")
+    print(
+        "write includes os.sync(); vs npy: ratio of times against the npy memmap "
+        "(1.00x as fast, 2.00x twice as slow)"
+    )
     print()
     print_table(formats, results, size_mb, rows_read)
     print()

@@ -42,26 +42,43 @@ def write_cache(root: Path, rows: int, dim: int, seed: int = 0) -> Path:
     feats[labels == 1, 3] += 2.0
     vids = [f"v{i // 4}" for i in range(rows)]
     n_test_vids = int(rows / 4 * TEST_SHARE)
-    cache = Cache.create(root, n_rows=rows, n_views=N_VIEWS, feature_dim=dim,
-                         attrs={"backbone": {"preset": "bench", "random_init": True,
-                                             "feature_dim": dim},
-                                "views": {"layout": "grid3x3-v1", "n_views": N_VIEWS}},
-                         shard_rows=1024, chunk_rows=16)
+    cache = Cache.create(
+        root,
+        n_rows=rows,
+        n_views=N_VIEWS,
+        feature_dim=dim,
+        attrs={
+            "backbone": {"preset": "bench", "random_init": True, "feature_dim": dim},
+            "views": {"layout": "grid3x3-v1", "n_views": N_VIEWS},
+        },
+        shard_rows=1024,
+        chunk_rows=16,
+    )
     cache.ensure_variant("clean")
     cities = ((39.77, -86.16), (42.36, -71.06), (33.45, -112.07))
     for shard in cache.shards():
-        cache.write_features("clean", shard, feats[shard.start:shard.stop].astype(np.float16))
+        cache.write_features("clean", shard, feats[shard.start : shard.stop].astype(np.float16))
         n = len(shard)
         cache.write_text(shard, np.zeros((n, 384), np.float16), np.zeros(n, bool))
         samples = []
         for i in range(shard.start, shard.stop):
             lat, lon = cities[(i // 4) % 3]
-            samples.append({
-                "id": str(i), "split": "test" if i // 4 < n_test_vids else "train",
-                "label": int(labels[i]), "vid_id": vids[i], "gps_lat": lat + rng.normal(0, .1),
-                "gps_lon": lon + rng.normal(0, .1), "city": None,
-                "weather": [["Sunny"], ["Rainy"], []][i % 3], "daytime": "Light",
-                "scene": "Urban", "description": "", "status": "ok"})
+            samples.append(
+                {
+                    "id": str(i),
+                    "split": "test" if i // 4 < n_test_vids else "train",
+                    "label": int(labels[i]),
+                    "vid_id": vids[i],
+                    "gps_lat": lat + rng.normal(0, 0.1),
+                    "gps_lon": lon + rng.normal(0, 0.1),
+                    "city": None,
+                    "weather": [["Sunny"], ["Rainy"], []][i % 3],
+                    "daytime": "Light",
+                    "scene": "Urban",
+                    "description": "",
+                    "status": "ok",
+                }
+            )
         cache.write_samples(shard, samples)
     cache.finalize()
     return root
@@ -70,8 +87,10 @@ def write_cache(root: Path, rows: int, dim: int, seed: int = 0) -> Path:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{torch.get_num_threads()} torch threads)"
+    return (
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads)"
+    )
 
 
 def main() -> None:
@@ -93,12 +112,17 @@ def main() -> None:
         cache = write_cache(Path(tmp) / "cache", args.rows, args.dim)
         print(f"cache written in {time.perf_counter() - start:.1f} s")
         opts = EnsembleOptions(
-            cache=cache, out=Path(tmp) / "ens", members="default", folds=args.folds,
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                              patience=args.epochs),
+            cache=cache,
+            out=Path(tmp) / "ens",
+            members="default",
+            folds=args.folds,
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.epochs),
             dora_folds=args.dora_folds,
             dora=DoraSettings(epochs=args.dora_epochs, patience=args.dora_epochs),
-            jobs=args.jobs, device=args.device, progress=False)
+            jobs=args.jobs,
+            device=args.device,
+            progress=False,
+        )
         start = time.perf_counter()
         result = run_ensemble(opts)
         wall = time.perf_counter() - start
@@ -108,28 +132,42 @@ def main() -> None:
     rest = wall - members - dora
     fold_seconds = [f["seconds"] for m in metrics["members"].values() for f in m["folds"]]
     print(f"device: {device_name(device)}, torch {torch.__version__}")
-    print(f"N = {args.rows} rows x 12 views x D = {args.dim}; 6 default members x "
-          f"{args.folds} folds, {args.epochs} epoch(s) each (no early stop), batch "
-          f"{args.batch_size}, jobs {args.jobs}; {args.dora_folds} DoRA folds x "
-          f"{args.dora_epochs} epoch(s)")
-    print(f"measured wall time: {wall / 60:.2f} min (members {members:.1f} s, DoRA {dora:.1f} s, "
-          f"combination / evaluation / writing {rest:.1f} s)")
-    print("seconds per member fold: " + ", ".join(
-        f"{name} {np.mean([f['seconds'] for f in m['folds']]):.1f}"
-        for name, m in metrics["members"].items()))
-    full = (args.rows, args.epochs, args.dora_epochs) == (FULL_ROWS, FULL_EPOCHS,
-                                                           FULL_DORA_EPOCHS)
+    print(
+        f"N = {args.rows} rows x 12 views x D = {args.dim}; 6 default members x "
+        f"{args.folds} folds, {args.epochs} epoch(s) each (no early stop), batch "
+        f"{args.batch_size}, jobs {args.jobs}; {args.dora_folds} DoRA folds x "
+        f"{args.dora_epochs} epoch(s)"
+    )
+    print(
+        f"measured wall time: {wall / 60:.2f} min (members {members:.1f} s, DoRA {dora:.1f} s, "
+        f"combination / evaluation / writing {rest:.1f} s)"
+    )
+    print(
+        "seconds per member fold: "
+        + ", ".join(
+            f"{name} {np.mean([f['seconds'] for f in m['folds']]):.1f}"
+            for name, m in metrics["members"].items()
+        )
+    )
+    full = (args.rows, args.epochs, args.dora_epochs) == (FULL_ROWS, FULL_EPOCHS, FULL_DORA_EPOCHS)
     if not full:
         # Training time is rows x epochs; the fixed per-fold cost (evaluation passes) scales
         # with rows only, so this slightly overstates; the rest scales with rows.
         row_scale = FULL_ROWS / args.rows
-        est = (members * row_scale * FULL_EPOCHS / args.epochs
-               + dora * row_scale * FULL_DORA_EPOCHS / args.dora_epochs + rest * row_scale)
-        print(f"EXTRAPOLATION (not measured) to N = {FULL_ROWS}, {FULL_EPOCHS} epochs, "
-              f"{FULL_DORA_EPOCHS} DoRA epochs on this device: {est / 60:.1f} min "
-              f"(scaled linearly in rows x epochs from the run above)")
-    print(f"median member fold: {np.median(fold_seconds):.1f} s; goal: the full run under "
-          "10 min on one H100")
+        est = (
+            members * row_scale * FULL_EPOCHS / args.epochs
+            + dora * row_scale * FULL_DORA_EPOCHS / args.dora_epochs
+            + rest * row_scale
+        )
+        print(
+            f"EXTRAPOLATION (not measured) to N = {FULL_ROWS}, {FULL_EPOCHS} epochs, "
+            f"{FULL_DORA_EPOCHS} DoRA epochs on this device: {est / 60:.1f} min "
+            f"(scaled linearly in rows x epochs from the run above)"
+        )
+    print(
+        f"median member fold: {np.median(fold_seconds):.1f} s; goal: the full run under "
+        "10 min on one H100"
+    )
 
 
 if __name__ == "__main__":

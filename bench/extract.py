@@ -88,13 +88,22 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rows", type=int, default=64, help="synthetic images for end to end")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--variants", default="clean,aug-0,natix-0,tta-0",
-                        help="variants timed end to end (clean first: the others are "
-                        "compared with it)")
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                        help="time fp32 eager and a bf16 matmul too (minutes for vith16plus)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time the extract path under torch.compile (a candidate)")
+    parser.add_argument(
+        "--variants",
+        default="clean,aug-0,natix-0,tta-0",
+        help="variants timed end to end (clean first: the others are compared with it)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time fp32 eager and a bf16 matmul too (minutes for vith16plus)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the extract path under torch.compile (a candidate)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     workers = default_workers(device) if args.workers is None else args.workers
@@ -102,21 +111,30 @@ def main() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
 
     n_views = args.batch * N_VIEWS
-    views = torch.randint(0, 256, (n_views, args.view_size, args.view_size, 3),
-                          dtype=torch.uint8)
+    views = torch.randint(0, 256, (n_views, args.view_size, args.view_size, 3), dtype=torch.uint8)
     if device.type == "cuda":
         views = views.pin_memory()
     fast = make_backbone(args.preset, args.view_size, "sdpa", device)
-    base = Fp32Eager(random_model(get_preset(args.preset), "eager"), "transformers",
-                     fast.preset, "cls", fast.info).to(device) if args.baseline else None
+    base = (
+        Fp32Eager(
+            random_model(get_preset(args.preset), "eager"),
+            "transformers",
+            fast.preset,
+            "cls",
+            fast.info,
+        ).to(device)
+        if args.baseline
+        else None
+    )
 
     flops_per_view = forward_flops(fast, views) / 1
     candidates = [("extract path (bf16 + SDPA on CUDA)", fast)]
     if args.baseline:
         candidates.append(("fp32 eager", base))
     if args.compile:
-        compiled = FrozenBackbone(torch.compile(fast.model), "transformers", fast.preset, "cls",
-                                  fast.info).to(device)
+        compiled = FrozenBackbone(
+            torch.compile(fast.model), "transformers", fast.preset, "cls", fast.info
+        ).to(device)
         start = time.perf_counter()
         compiled(views)
         sync(device)
@@ -125,16 +143,25 @@ def main() -> None:
     rows = []
     for name, model in candidates:
         seconds = timed(lambda m=model: m(views), device, args.iters)
-        rows.append((name, n_views / seconds, args.batch / seconds,
-                     flops_per_view * n_views / seconds / 1e12))
+        rows.append(
+            (
+                name,
+                n_views / seconds,
+                args.batch / seconds,
+                flops_per_view * n_views / seconds / 1e12,
+            )
+        )
 
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
-          f" ({os.cpu_count()} cores), torch {torch.__version__}")
-    print(f"preset {args.preset}, view {args.view_size} px, {args.batch} images x 12 views per "
-          f"forward, {flops_per_view / 1e9:.2f} GFLOP per view")
+    print(
+        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+        f" ({os.cpu_count()} cores), torch {torch.__version__}"
+    )
+    print(
+        f"preset {args.preset}, view {args.view_size} px, {args.batch} images x 12 views per "
+        f"forward, {flops_per_view / 1e9:.2f} GFLOP per view"
+    )
     peak = matmul_tflops(device) if device.type == "cuda" and args.baseline else None
-    print(f"{'backbone':38s} {'views/s':>10s} {'images/s':>10s} {'TFLOP/s':>9s} "
-          f"{'vs matmul':>9s}")
+    print(f"{'backbone':38s} {'views/s':>10s} {'images/s':>10s} {'TFLOP/s':>9s} {'vs matmul':>9s}")
     for name, vps, ips, tflops in rows:
         share = f"{tflops / peak:9.1%}" if peak else f"{'-':>9s}"
         print(f"{name:38s} {vps:10.1f} {ips:10.2f} {tflops:9.3f} {share}")
@@ -154,8 +181,7 @@ def main() -> None:
         rates = {}
         for variant in args.variants.split(","):
             decode = Clock()
-            for batch in view_loader(samples, args.view_size, args.batch, workers, pin,
-                                     [variant]):
+            for batch in view_loader(samples, args.view_size, args.batch, workers, pin, [variant]):
                 decode.tick(len(batch.items))
             e2e = Clock()
             for _ in extract_variants(samples, [variant], fast, args.batch, workers, e2e.tick):
@@ -164,17 +190,25 @@ def main() -> None:
         shard = Clock()
         for _ in extract_variants(samples, list(rates), fast, args.batch, workers, shard.tick):
             pass
-    print(f"end to end on {args.rows} synthetic 1920x1080 JPEGs, {workers} decode workers, "
-          "steady rates (after the first batch):")
-    print(f"{'variant':10s} {'decode+views img/s':>19s} {'extract img/s':>14s} "
-          f"{'startup s':>10s} {'vs clean':>9s} {'vs backbone alone':>18s}")
+    print(
+        f"end to end on {args.rows} synthetic 1920x1080 JPEGs, {workers} decode workers, "
+        "steady rates (after the first batch):"
+    )
+    print(
+        f"{'variant':10s} {'decode+views img/s':>19s} {'extract img/s':>14s} "
+        f"{'startup s':>10s} {'vs clean':>9s} {'vs backbone alone':>18s}"
+    )
     clean = rates["clean"][1].steady
     for variant, (decode, e2e) in rates.items():
-        print(f"{variant:10s} {decode.steady:19.2f} {e2e.steady:14.2f} {e2e.startup:10.2f} "
-              f"{e2e.steady / clean:9.0%} {e2e.steady / rows[0][2]:18.0%}")
-    print(f"the {len(rates)} variants through one loader (as `extract` runs a shard): "
-          f"{shard.steady:.2f} img/s steady, {shard.overall:.2f} overall, startup "
-          f"{shard.startup:.2f} s")
+        print(
+            f"{variant:10s} {decode.steady:19.2f} {e2e.steady:14.2f} {e2e.startup:10.2f} "
+            f"{e2e.steady / clean:9.0%} {e2e.steady / rows[0][2]:18.0%}"
+        )
+    print(
+        f"the {len(rates)} variants through one loader (as `extract` runs a shard): "
+        f"{shard.steady:.2f} img/s steady, {shard.overall:.2f} overall, startup "
+        f"{shard.startup:.2f} s"
+    )
     if "aug-0" in rates:
         met = rates["aug-0"][1].steady >= 0.9 * clean
         print(f"goal: aug images/s at least 90 % of clean ({'MET' if met else 'NOT MET'} here)")

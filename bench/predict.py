@@ -50,8 +50,9 @@ class MeanEnsemble:
         self.heads, self.config, self.device = heads, config, device
 
     def predict(self, features: np.ndarray, meta=None) -> np.ndarray:
-        return np.mean([head_predict(h, features, None, self.device)[0] for h in self.heads],
-                       axis=0)
+        return np.mean(
+            [head_predict(h, features, None, self.device)[0] for h in self.heads], axis=0
+        )
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         return head_predict(self.heads[0], features, None, self.device)[1]
@@ -60,8 +61,10 @@ class MeanEnsemble:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads")
+    return (
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
 
 def challenge_jpeg(seed: int) -> bytes:
@@ -76,27 +79,35 @@ def challenge_jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def build(preset_name: str, view_size: int | None, members: int, device: torch.device,
-          tta: bool) -> Predictor:
+def build(
+    preset_name: str, view_size: int | None, members: int, device: torch.device, tta: bool
+) -> Predictor:
     preset = get_preset(preset_name)
     view_size = view_size or preset.view_size
-    info = {"preset": preset.name, "pool": "cls", "view_size": view_size,
-            "feature_dim": preset.embed_dim, "random_init": True}
+    info = {
+        "preset": preset.name,
+        "pool": "cls",
+        "view_size": view_size,
+        "feature_dim": preset.embed_dim,
+        "random_init": True,
+    }
     t0 = time.perf_counter()
     backbone = FrozenBackbone(random_model(preset), "transformers", preset, "cls", info)
     backbone = backbone.to(device)
     torch.manual_seed(0)
-    heads = [RoadworkHead(HeadConfig(in_dim=preset.embed_dim)).to(device).eval()
-             for _ in range(members)]
+    heads = [
+        RoadworkHead(HeadConfig(in_dim=preset.embed_dim)).to(device).eval() for _ in range(members)
+    ]
     bundle = MeanEnsemble(heads, {"backbone": info, "threshold": 0.5}, device)
     variants = DEFAULT_TTA if tta else ("clean",)
     foods = None
     if tta:
         rng = np.random.default_rng(0)
-        foods = FoodsStats.fit(rng.normal(size=(600, heads[0].config.dim)),
-                               variants=list(variants))
-    print(f"  built {preset.name} (random weights) + {members} head(s) in "
-          f"{time.perf_counter() - t0:.1f} s")
+        foods = FoodsStats.fit(rng.normal(size=(600, heads[0].config.dim)), variants=list(variants))
+    print(
+        f"  built {preset.name} (random weights) + {members} head(s) in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     return Predictor(bundle, backbone, variants, foods, model="bench")
 
 
@@ -105,8 +116,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def latency(predictor: Predictor, challenges: list[bytes], repeats: int, warmup: int
-            ) -> np.ndarray:
+def latency(predictor: Predictor, challenges: list[bytes], repeats: int, warmup: int) -> np.ndarray:
     for data in challenges[:warmup]:
         predictor(Image.open(io.BytesIO(data)))
     times = []
@@ -121,15 +131,25 @@ def latency(predictor: Predictor, challenges: list[bytes], repeats: int, warmup:
     return np.array(times)
 
 
-def throughput(predictor: Predictor, challenges: list[bytes], n: int, batch_size: int,
-               workers: int | None) -> float:
+def throughput(
+    predictor: Predictor, challenges: list[bytes], n: int, batch_size: int, workers: int | None
+) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             (Path(tmp) / f"{i:05d}.jpg").write_bytes(challenges[i % len(challenges)])
-        opts = PredictOptions(inputs=[tmp], model=Path("bench"), batch_size=batch_size,
-                              workers=workers, progress=False)
-        run_predict(PredictOptions(inputs=[str(Path(tmp) / "00000.jpg")], model=Path("bench"),
-                                   progress=False), predictor)  # warm-up
+        opts = PredictOptions(
+            inputs=[tmp],
+            model=Path("bench"),
+            batch_size=batch_size,
+            workers=workers,
+            progress=False,
+        )
+        run_predict(
+            PredictOptions(
+                inputs=[str(Path(tmp) / "00000.jpg")], model=Path("bench"), progress=False
+            ),
+            predictor,
+        )  # warm-up
         sync(predictor.device)
         start = time.perf_counter()
         answers, _ = run_predict(opts, predictor)
@@ -142,18 +162,24 @@ def throughput(predictor: Predictor, challenges: list[bytes], n: int, batch_size
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--view-size", type=int, default=None,
-                        help="default: the preset's (512; tiny 224)")
+    parser.add_argument(
+        "--view-size", type=int, default=None, help="default: the preset's (512; tiny 224)"
+    )
     parser.add_argument("--members", type=int, default=5, help="heads in the ensemble")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20, help="challenges timed per setting")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch-images", type=int, default=64,
-                        help="images for the batch figure (0: skip it)")
+    parser.add_argument(
+        "--batch-images", type=int, default=64, help="images for the batch figure (0: skip it)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time with on-the-fly TTA (clean + 8 variants, FOODS)")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time with on-the-fly TTA (clean + 8 variants, FOODS)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -166,15 +192,20 @@ def main() -> None:
         print(f"{args.preset}, {label}:")
         predictor = build(args.preset, args.view_size, args.members, device, tta)
         times = latency(predictor, challenges, args.repeats, args.warmup)
-        print(f"  latency of one {CHALLENGE_SIZE} px challenge, bytes -> float, "
-              f"view size {predictor.view_size}, {args.members} heads: "
-              f"p50 {np.percentile(times, 50) * 1e3:.0f} ms, "
-              f"p95 {np.percentile(times, 95) * 1e3:.0f} ms (n = {len(times)}) on {device}")
+        print(
+            f"  latency of one {CHALLENGE_SIZE} px challenge, bytes -> float, "
+            f"view size {predictor.view_size}, {args.members} heads: "
+            f"p50 {np.percentile(times, 50) * 1e3:.0f} ms, "
+            f"p95 {np.percentile(times, 95) * 1e3:.0f} ms (n = {len(times)}) on {device}"
+        )
         if args.batch_images:
-            rate = throughput(predictor, challenges, args.batch_images, args.batch_size,
-                              args.workers)
-            print(f"  batch: {rate:.2f} images/s ({args.batch_images} challenges, "
-                  f"batch {args.batch_size}) on {device}")
+            rate = throughput(
+                predictor, challenges, args.batch_images, args.batch_size, args.workers
+            )
+            print(
+                f"  batch: {rate:.2f} images/s ({args.batch_images} challenges, "
+                f"batch {args.batch_size}) on {device}"
+            )
         del predictor
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -33,8 +33,9 @@ def planted(rows: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return feats.astype(np.float16), labels
 
 
-def backbone_seconds_per_image(preset: str, view_size: int, images: int,
-                               device: torch.device) -> float:
+def backbone_seconds_per_image(
+    preset: str, view_size: int, images: int, device: torch.device
+) -> float:
     p = get_preset(preset)
     model = random_model(p, "sdpa")
     info = {"preset": preset, "view_size": view_size, "feature_dim": p.embed_dim}
@@ -73,28 +74,39 @@ def main() -> None:
     trainer = Trainer(model, cfg, [feats], labels, meta, device)
     idx = np.arange(args.rows)
     val = idx[: max(args.rows // 5, 2)]
-    train = idx[len(val):]
+    train = idx[len(val) :]
     epoch_seconds: list[float] = []
     trainer.fit(train, val, on_epoch=lambda log: epoch_seconds.append(log.seconds))
     per_epoch = float(np.median(epoch_seconds))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name} ({os.cpu_count()} cores), torch {torch.__version__}")
-    print(f"head: {n_params / 1e6:.1f} M parameters, D = {args.dim}, {args.rows} rows "
-          f"({len(train)} train, {len(val)} val), batch {args.batch_size}")
-    print(f"seconds per epoch (train + validation): {per_epoch:.2f} "
-          f"(median of {len(epoch_seconds)})")
+    print(
+        f"head: {n_params / 1e6:.1f} M parameters, D = {args.dim}, {args.rows} rows "
+        f"({len(train)} train, {len(val)} val), batch {args.batch_size}"
+    )
+    print(
+        f"seconds per epoch (train + validation): {per_epoch:.2f} (median of {len(epoch_seconds)})"
+    )
     print(f"30 epochs: {30 * per_epoch / 60:.1f} min (goal on one H100: under 2 min)")
 
-    per_image = backbone_seconds_per_image(args.preset, args.view_size, args.backbone_images,
-                                           device)
+    per_image = backbone_seconds_per_image(
+        args.preset, args.view_size, args.backbone_images, device
+    )
     full_pass = per_image * args.rows
-    label = "measured" if args.backbone_images >= args.rows else (
-        f"extrapolated from {args.backbone_images} image(s)")
-    print(f"one {args.preset} pass over {args.rows} images x 12 views at {args.view_size} px: "
-          f"{full_pass / 60:.1f} min ({label}, clean variant only)")
-    print(f"ratio backbone pass / head epoch: {full_pass / per_epoch:.0f}x; "
-          f"/ 30 head epochs: {full_pass / (30 * per_epoch):.1f}x")
+    label = (
+        "measured"
+        if args.backbone_images >= args.rows
+        else (f"extrapolated from {args.backbone_images} image(s)")
+    )
+    print(
+        f"one {args.preset} pass over {args.rows} images x 12 views at {args.view_size} px: "
+        f"{full_pass / 60:.1f} min ({label}, clean variant only)"
+    )
+    print(
+        f"ratio backbone pass / head epoch: {full_pass / per_epoch:.0f}x; "
+        f"/ 30 head epochs: {full_pass / (30 * per_epoch):.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,13 @@ PRESETS: dict[str, Preset] = {
     "vitb16": Preset("vitb16", 768, 12, 12, 3072, False, "vit_base_patch16_dinov3"),
     "vits16": Preset("vits16", 384, 12, 6, 1536, False, "vit_small_patch16_dinov3"),
     "tiny": Preset(
-        "tiny", 64, 2, 4, 128, False, "vit_small_patch16_dinov3",
+        "tiny",
+        64,
+        2,
+        4,
+        128,
+        False,
+        "vit_small_patch16_dinov3",
         timm_kwargs={"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0},
         view_size=224,
     ),
@@ -216,8 +222,12 @@ def _load_timm(path: Path, preset: Preset, view_size: int) -> nn.Module:
     from timm.models.eva import checkpoint_filter_fn
 
     model = timm.create_model(
-        preset.timm_name, pretrained=False, num_classes=0, global_pool="token",
-        img_size=view_size, **preset.timm_kwargs,
+        preset.timm_name,
+        pretrained=False,
+        num_classes=0,
+        global_pool="token",
+        img_size=view_size,
+        **preset.timm_kwargs,
     )
     state = checkpoint_filter_fn(_read_state_dict(path), model)
     expected = model.state_dict()
@@ -282,7 +292,11 @@ def load_backbone(
             info["weights_sha256"] = file_sha256(path)
     backbone = FrozenBackbone(model, kind, preset, pool, info)
     info.update(
-        format=kind, pool=pool, view_size=view_size, feature_dim=backbone.feature_dim,
-        patch_size=preset.patch_size, state_sha256=state_dict_sha256(backbone.model),
+        format=kind,
+        pool=pool,
+        view_size=view_size,
+        feature_dim=backbone.feature_dim,
+        patch_size=preset.patch_size,
+        state_sha256=state_dict_sha256(backbone.model),
     )
     return backbone.to(device)

@@ -94,16 +94,24 @@ def check_compatible(config: dict[str, Any], info: dict[str, Any], model: str | 
             f"{info.get('feature_dim')}-d ones; pass the --backbone its cache was made with"
         )
     same_state = want.get("state_sha256") is not None and (
-        want["state_sha256"] == info.get("state_sha256"))
+        want["state_sha256"] == info.get("state_sha256")
+    )
     same_file = want.get("weights_sha256") is not None and (
-        want["weights_sha256"] == info.get("weights_sha256"))
+        want["weights_sha256"] == info.get("weights_sha256")
+    )
     checkable = want.get("state_sha256") or want.get("weights_sha256")
     if checkable and not (same_state or same_file):
         recorded = want.get("weights") or f"of sha256 {want.get('weights_sha256')}"
-        made = ("the randomly initialised tiny weights" if want.get("random_init")
-                else f"weights {recorded}")
-        given = ("the randomly initialised tiny weights" if info.get("random_init")
-                 else f"weights {info.get('weights')}")
+        made = (
+            "the randomly initialised tiny weights"
+            if want.get("random_init")
+            else f"weights {recorded}"
+        )
+        given = (
+            "the randomly initialised tiny weights"
+            if info.get("random_init")
+            else f"weights {info.get('weights')}"
+        )
         raise UserError(
             f"model {model} was trained on features of {made}, not of {given}; pass the "
             "--weights its cache was made with"
@@ -136,20 +144,23 @@ def prepare_image(img: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     if min(img.size) < MIN_SIDE:
         raise ImageError(
-            f"image too small: {img.size[0]}x{img.size[1]}, the minimum side is {MIN_SIDE} px")
+            f"image too small: {img.size[0]}x{img.size[1]}, the minimum side is {MIN_SIDE} px"
+        )
     try:
         return _to_rgb(img)
     except Exception as exc:
         raise ImageError(f"cannot convert {img.mode} image to RGB: {exc}") from None
 
 
-def image_views(img: Image.Image, variants: tuple[str, ...] | list[str], view_size: int,
-                sample_id: str = "") -> np.ndarray:
+def image_views(
+    img: Image.Image, variants: tuple[str, ...] | list[str], view_size: int, sample_id: str = ""
+) -> np.ndarray:
     """RGB image -> uint8 [T, 12, S, S, 3]: the 12 views of each variant, in order."""
 
     def one(name: str) -> np.ndarray:
-        return np.stack([np.asarray(v) for v in render_views(apply_variant(img, name, sample_id),
-                                                             view_size)])
+        return np.stack(
+            [np.asarray(v) for v in render_views(apply_variant(img, name, sample_id), view_size)]
+        )
 
     if len(variants) == 1 or get_worker_info() is not None:
         # One variant, or a DataLoader worker: the workers already use the cores.
@@ -167,8 +178,12 @@ def _view_pool() -> ThreadPoolExecutor:
     threads, and work sent to it would wait forever."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
-                                                 thread_name_prefix="roadwork-views"))
+        _POOL = (
+            os.getpid(),
+            ThreadPoolExecutor(
+                max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="roadwork-views"
+            ),
+        )
     return _POOL[1]
 
 
@@ -237,12 +252,15 @@ class Predictor:
             weights = recorded  # the file its cache was made with, found on this machine
             notes.append(f"backbone weights: {weights} (recorded by the model's cache)")
         view_size = record.get("view_size") or (bundle.config.get("views") or {}).get("view_size")
-        frozen = load_backbone(preset, weights, pool=record.get("pool", "cls"),
-                               view_size=view_size, device=dev)
+        frozen = load_backbone(
+            preset, weights, pool=record.get("pool", "cls"), view_size=view_size, device=dev
+        )
         check_compatible(bundle.config, frozen.info, model)
         if frozen.info.get("random_init"):
-            notes.append("the backbone has random weights (tiny preset): the probabilities "
-                         "demonstrate the machinery, not quality")
+            notes.append(
+                "the backbone has random weights (tiny preset): the probabilities "
+                "demonstrate the machinery, not quality"
+            )
 
         foods = None
         variants: tuple[str, ...] = ("clean",)
@@ -251,23 +269,31 @@ class Predictor:
             chosen = tta_variants or (foods.variants if foods else None) or list(DEFAULT_TTA)
             variants = tuple(check_variant(v) for v in chosen)
             if any(not (v == "clean" or v.startswith("tta-")) for v in variants):
-                raise UserError("on-the-fly TTA takes clean and tta-K variants only "
-                                "(aug-K and natix-K are random training recipes)")
-            notes.append(f"TTA: {len(variants)} variants ({', '.join(variants)}), combined by "
-                         + ("FOODS" if foods and len(variants) > 1 else "their mean"))
+                raise UserError(
+                    "on-the-fly TTA takes clean and tta-K variants only "
+                    "(aug-K and natix-K are random training recipes)"
+                )
+            notes.append(
+                f"TTA: {len(variants)} variants ({', '.join(variants)}), combined by "
+                + ("FOODS" if foods and len(variants) > 1 else "their mean")
+            )
         return cls(bundle, frozen, variants, foods, str(model), notes)
 
     @staticmethod
     def _foods_for(folder: Path, config: dict[str, Any], notes: list[str]) -> FoodsStats | None:
         path = folder / STATS_FILE
         if not path.is_file():
-            notes.append(f"no {STATS_FILE} in {folder} (run `roadwork tta` to fit one): "
-                         "TTA variants are averaged")
+            notes.append(
+                f"no {STATS_FILE} in {folder} (run `roadwork tta` to fit one): "
+                "TTA variants are averaged"
+            )
             return None
         stats = load_stats(path)
         if stats.model_digest and stats.model_digest != model_digest(config):
-            notes.append(f"{path} was fitted for another version of this model: ignored, "
-                         "TTA variants are averaged (re-run `roadwork tta`)")
+            notes.append(
+                f"{path} was fitted for another version of this model: ignored, "
+                "TTA variants are averaged (re-run `roadwork tta`)"
+            )
             return None
         return stats
 
@@ -276,8 +302,10 @@ class Predictor:
         """uint8 views [B, T, V, S, S, 3] -> features float32 [B * T, V, D]."""
         b, t, v, s = views.shape[:4]
         flat = views.reshape(b * t * v, s, s, 3)
-        out = [self.backbone(flat[i:i + MAX_VIEWS_PER_FORWARD])
-               for i in range(0, len(flat), MAX_VIEWS_PER_FORWARD)]
+        out = [
+            self.backbone(flat[i : i + MAX_VIEWS_PER_FORWARD])
+            for i in range(0, len(flat), MAX_VIEWS_PER_FORWARD)
+        ]
         # Round through float16 as the cache stores them: the head sees what it trained on.
         return torch.cat(out).half().float().view(b * t, v, -1).cpu().numpy()
 
@@ -318,9 +346,15 @@ class RoadworkDetector:
     `ImageError`, a `ValueError` subclass with a one-line reason, which a miner can catch.
     """
 
-    def __init__(self, model: str | Path, weights: str | Path | None = None,
-                 backbone: str | None = None, device: str = "auto", tta: bool = False,
-                 tta_variants: list[str] | None = None):
+    def __init__(
+        self,
+        model: str | Path,
+        weights: str | Path | None = None,
+        backbone: str | None = None,
+        device: str = "auto",
+        tta: bool = False,
+        tta_variants: list[str] | None = None,
+    ):
         self.model = model
         self.weights = weights
         self.backbone = backbone
@@ -331,9 +365,15 @@ class RoadworkDetector:
         self._load_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str | Path, weights: str | Path | None = None,
-             backbone: str | None = None, device: str = "auto", tta: bool = False,
-             tta_variants: list[str] | None = None) -> RoadworkDetector:
+    def load(
+        cls,
+        model: str | Path,
+        weights: str | Path | None = None,
+        backbone: str | None = None,
+        device: str = "auto",
+        tta: bool = False,
+        tta_variants: list[str] | None = None,
+    ) -> RoadworkDetector:
         detector = cls(model, weights, backbone, device, tta, tta_variants)
         detector.load_model()
         return detector
@@ -342,8 +382,9 @@ class RoadworkDetector:
         with self._load_lock:
             if self.predictor is not None:
                 return
-            self.predictor = Predictor.load(self.model, self.weights, self.backbone,
-                                            self.device, self.tta, self.tta_variants)
+            self.predictor = Predictor.load(
+                self.model, self.weights, self.backbone, self.device, self.tta, self.tta_variants
+            )
             for note in self.predictor.notes:
                 log.info("RoadworkDetector: %s", note)
 

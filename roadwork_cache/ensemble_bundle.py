@@ -49,19 +49,21 @@ class EnsembleBundle:
     def threshold(self) -> float:
         return self.calibration.threshold
 
-    def member_logits(self, features: np.ndarray, meta: MetadataBatch | None = None
-                      ) -> np.ndarray:
+    def member_logits(self, features: np.ndarray, meta: MetadataBatch | None = None) -> np.ndarray:
         """[n, M]: each member's mean normalised logit over its heads."""
-        cols = [np.mean([norm.apply(head_logits(h, features, meta, self.device))
-                         for h, norm in heads], axis=0)
-                for _, heads in self.members]
+        cols = [
+            np.mean(
+                [norm.apply(head_logits(h, features, meta, self.device)) for h, norm in heads],
+                axis=0,
+            )
+            for _, heads in self.members
+        ]
         return np.stack(cols, axis=1)
 
     def logits(self, features: np.ndarray, meta: MetadataBatch | None = None) -> np.ndarray:
         return self.combination.apply(self.member_logits(features, meta))
 
-    def raw_predict(self, features: np.ndarray, meta: MetadataBatch | None = None
-                    ) -> np.ndarray:
+    def raw_predict(self, features: np.ndarray, meta: MetadataBatch | None = None) -> np.ndarray:
         """Temperature-scaled probability before the threshold is folded in."""
         return self.calibration.prob(self.logits(features, meta))
 
@@ -80,8 +82,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("kind") != "ensemble":
         raise UserError(f"{folder / MANIFEST} is not an ensemble manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{folder / MANIFEST} has format version "
-                        f"{manifest.get('format_version')}, this tool reads {FORMAT_VERSION}")
+        raise UserError(
+            f"{folder / MANIFEST} has format version "
+            f"{manifest.get('format_version')}, this tool reads {FORMAT_VERSION}"
+        )
     for key in ("members", "combination", "calibration"):
         if key not in manifest:
             raise UserError(f"{folder / MANIFEST} has no '{key}'")
@@ -111,16 +115,25 @@ def load_ensemble(folder: str | Path, device: torch.device | str = "cpu") -> Ens
     first_name, first = configs[0]
     for name, config in configs[1:]:
         if cache_identity(config) != cache_identity(first):
-            raise UserError(f"the members of ensemble {folder} were trained on different caches: "
-                            f"{first_name} on {first.get('cache')}, {name} on "
-                            f"{config.get('cache')}")
+            raise UserError(
+                f"the members of ensemble {folder} were trained on different caches: "
+                f"{first_name} on {first.get('cache')}, {name} on "
+                f"{config.get('cache')}"
+            )
     combination = Combination.from_dict(manifest["combination"])
     if len(combination.weights) != len(members):
-        raise UserError(f"{folder / MANIFEST} combines {len(combination.weights)} members but "
-                        f"lists {len(members)}")
-    calibration = Calibration(float(manifest["calibration"]["temperature"]),
-                              float(manifest["calibration"]["threshold"]))
-    config = {**manifest, "head": first["head"], "threshold": calibration.threshold,
-              "backbone": manifest.get("backbone", first.get("backbone")),
-              "views": manifest.get("views", first.get("views"))}
+        raise UserError(
+            f"{folder / MANIFEST} combines {len(combination.weights)} members but "
+            f"lists {len(members)}"
+        )
+    calibration = Calibration(
+        float(manifest["calibration"]["temperature"]), float(manifest["calibration"]["threshold"])
+    )
+    config = {
+        **manifest,
+        "head": first["head"],
+        "threshold": calibration.threshold,
+        "backbone": manifest.get("backbone", first.get("backbone")),
+        "views": manifest.get("views", first.get("views")),
+    }
     return EnsembleBundle(members, combination, calibration, config, device)

@@ -364,15 +364,24 @@ def verify(cache: Cache, advance: Callable[[int], None] | None = None) -> list[P
                 problems.append(Problem(f"{where} cannot be read: {exc}", name, shard.index))
                 continue
             if expected and checksum(*data) != expected:
-                problems.append(Problem(f"{where} differs from what was written "
-                                        "(checksum mismatch)", name, shard.index))
+                problems.append(
+                    Problem(
+                        f"{where} differs from what was written (checksum mismatch)",
+                        name,
+                        shard.index,
+                    )
+                )
             bad = int((~np.isfinite(data[0].astype(np.float32))).sum())
             if bad:
-                problems.append(Problem(f"{where} holds {bad} non-finite values", name,
-                                        shard.index))
+                problems.append(
+                    Problem(f"{where} holds {bad} non-finite values", name, shard.index)
+                )
     done = cache.done_shards("samples")
-    problems += [Problem(f"sample rows of shard {s.index} were never written")
-                 for s in shards if s.index not in done]
+    problems += [
+        Problem(f"sample rows of shard {s.index} were never written")
+        for s in shards
+        if s.index not in done
+    ]
     path = cache.root / SAMPLES_FILE
     if not problems:
         if not path.is_file():
@@ -416,8 +425,10 @@ def writer_lock(root: str | Path) -> Iterator[None]:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
         handle.flush()
         try:
             yield
@@ -470,14 +481,17 @@ def read_whole(array: zarr.Array) -> np.ndarray:
                     rows[lo:hi] = fill
                     continue
                 if nbytes != chunk_rows * rows.shape[1] * rows.itemsize:
-                    raise UserError(f"{file}: chunk {chunk} holds {nbytes} bytes, not a whole "
-                                    "chunk; run `roadwork cache verify`")
+                    raise UserError(
+                        f"{file}: chunk {chunk} holds {nbytes} bytes, not a whole "
+                        "chunk; run `roadwork cache verify`"
+                    )
                 # An edge chunk is stored full size; its rows inside the array come first.
                 view = memoryview(rows[lo:hi]).cast("B")
                 f.seek(int(offset))
                 if f.readinto(view) != view.nbytes:
-                    raise UserError(f"{file}: chunk {chunk} is cut short; run `roadwork cache "
-                                    "verify`")
+                    raise UserError(
+                        f"{file}: chunk {chunk} is cut short; run `roadwork cache verify`"
+                    )
     return out
 
 
@@ -504,10 +518,14 @@ def _plain_sharded(array: zarr.Array) -> bool:
         return False
     sharding = codecs[0]
     inner, index = sharding.codecs, sharding.index_codecs
-    little = [isinstance(c, BytesCodec) and c.endian in (None, Endian.little)
-              for c in (*inner, *index[:1])]
+    little = [
+        isinstance(c, BytesCodec) and c.endian in (None, Endian.little)
+        for c in (*inner, *index[:1])
+    ]
     return (
-        len(inner) == 1 and len(index) == 2 and all(little)
+        len(inner) == 1
+        and len(index) == 2
+        and all(little)
         and isinstance(index[1], Crc32cCodec)
         and sharding.index_location == ShardingCodecIndexLocation.end
         and array.chunks[1:] == array.shards[1:] == array.shape[1:]

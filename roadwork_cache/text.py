@@ -36,7 +36,10 @@ class TextEncoder:
         if mask.any():
             present = [t for t, m in zip(texts, mask, strict=True) if m]
             out[mask] = self.model.encode(
-                present, batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
+                present,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
         return out, mask

@@ -93,8 +93,7 @@ def n_kept(n_candidates: int, keep: float) -> int:
     return max(1, min(n_candidates, int(np.floor(keep * n_candidates + 0.5))))
 
 
-def foods_weights(distances: np.ndarray, keep: float = 0.8, temperature: float = 1.0
-                  ) -> np.ndarray:
+def foods_weights(distances: np.ndarray, keep: float = 0.8, temperature: float = 1.0) -> np.ndarray:
     """Distances [n, T] -> weights [n, T]: softmax(-d / temperature) over the closest
     `keep` fraction of each row, zero elsewhere; each row sums to 1."""
     d = np.asarray(distances, dtype=np.float64)
@@ -156,8 +155,10 @@ def load_stats(path: Path) -> FoodsStats:
     if meta.get("format") != FORMAT or {"mean", "precision"} - set(tensors):
         raise UserError(f"{path} is not a FOODS statistics file of this tool ({FORMAT})")
     return FoodsStats(
-        mean=tensors["mean"], precision=tensors["precision"],
-        shrinkage=float(meta.get("shrinkage", "nan")), n_fit=int(meta.get("n_fit", 0)),
+        mean=tensors["mean"],
+        precision=tensors["precision"],
+        shrinkage=float(meta.get("shrinkage", "nan")),
+        n_fit=int(meta.get("n_fit", 0)),
         variants=json.loads(meta["variants"]),
         settings=FoodsSettings(**json.loads(meta["settings"])).check(),
         model_digest=meta.get("model_digest", ""),

@@ -48,26 +48,40 @@ RECIPES: dict[str, dict[str, Any]] = {
     "aug": {
         "version": 1,
         "library": "albumentations",
-        "ops": ["HorizontalFlip(p=0.5)", "Affine(rotate=±10, scale=0.9-1.25, p=0.7)",
-                "Perspective(scale=0.02-0.06, p=0.3)",
-                "ColorJitter(0.3, 0.3, 0.3, 0.05, p=0.8)",
-                "weather p=0.4: one of RandomRain, haze (fog), RandomShadow, RandomSunFlare",
-                "GaussNoise(std 0.02-0.08, p=0.2)", "OneOf(MotionBlur, GaussianBlur; p=0.2)"],
+        "ops": [
+            "HorizontalFlip(p=0.5)",
+            "Affine(rotate=±10, scale=0.9-1.25, p=0.7)",
+            "Perspective(scale=0.02-0.06, p=0.3)",
+            "ColorJitter(0.3, 0.3, 0.3, 0.05, p=0.8)",
+            "weather p=0.4: one of RandomRain, haze (fog), RandomShadow, RandomSunFlare",
+            "GaussNoise(std 0.02-0.08, p=0.2)",
+            "OneOf(MotionBlur, GaussianBlur; p=0.2)",
+        ],
     },
     "natix": {
         "version": 1,
-        "ops": ["level = K % 4", "0: centre square, resize 224",
-                "1-3: rotate U(-20, 20) nearest, RandomResizedCrop(224, 0.2-1.0, ratio 1)",
-                "2: saturation {1, 0.4}, contrast {1, 0.85}, jpeg {1, 2}",
-                "3: saturation {1, .4, .3}, contrast {1, .85, .725}, jpeg {1, 2, 3}, "
-                "noise var {0, .001, .002}, blur {0, 7, 9}",
-                "JPEG quality 75"],
+        "ops": [
+            "level = K % 4",
+            "0: centre square, resize 224",
+            "1-3: rotate U(-20, 20) nearest, RandomResizedCrop(224, 0.2-1.0, ratio 1)",
+            "2: saturation {1, 0.4}, contrast {1, 0.85}, jpeg {1, 2}",
+            "3: saturation {1, .4, .3}, contrast {1, .85, .725}, jpeg {1, 2, 3}, "
+            "noise var {0, .001, .002}, blur {0, 7, 9}",
+            "JPEG quality 75",
+        ],
     },
     "tta": {
         "version": 1,
-        "ops": ["0 hflip", "1 zoom in 0.9", "2 zoom out 1.1 (reflect)", "3 top-left 0.85",
-                "4 top-right 0.85", "5 bottom-left 0.85", "6 bottom-right 0.85",
-                "7 hflip + zoom in 0.9"],
+        "ops": [
+            "0 hflip",
+            "1 zoom in 0.9",
+            "2 zoom out 1.1 (reflect)",
+            "3 top-left 0.85",
+            "4 top-right 0.85",
+            "5 bottom-left 0.85",
+            "6 bottom-right 0.85",
+            "7 hflip + zoom in 0.9",
+        ],
     },
 }
 
@@ -171,20 +185,25 @@ def _aug_stages() -> dict[str, Callable]:
     import albumentations as A
 
     return {
-        "geometry_colour": A.Compose([
-            A.HorizontalFlip(p=0.5),
-            A.Affine(rotate=(-10, 10), scale=(0.9, 1.25), border_mode=1, p=0.7),
-            A.Perspective(scale=(0.02, 0.06), p=0.3),
-            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
-        ]),
+        "geometry_colour": A.Compose(
+            [
+                A.HorizontalFlip(p=0.5),
+                A.Affine(rotate=(-10, 10), scale=(0.9, 1.25), border_mode=1, p=0.7),
+                A.Perspective(scale=(0.02, 0.06), p=0.3),
+                A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+            ]
+        ),
         "rain": A.Compose([A.RandomRain(rain_type="drizzle", p=1.0)]),
         "shadow": A.Compose([A.RandomShadow(shadow_roi=(0, 0.5, 1, 1), p=1.0)]),
         "glare": A.Compose([A.RandomSunFlare(flare_roi=(0, 0, 1, 0.5), src_radius=120, p=1.0)]),
-        "noise_blur": A.Compose([
-            A.GaussNoise(std_range=(0.02, 0.08), p=0.2),
-            A.OneOf([A.MotionBlur(blur_limit=(3, 7)), A.GaussianBlur(blur_limit=(3, 7))],
-                    p=0.2),
-        ]),
+        "noise_blur": A.Compose(
+            [
+                A.GaussNoise(std_range=(0.02, 0.08), p=0.2),
+                A.OneOf(
+                    [A.MotionBlur(blur_limit=(3, 7)), A.GaussianBlur(blur_limit=(3, 7))], p=0.2
+                ),
+            ]
+        ),
     }
 
 
@@ -312,8 +331,10 @@ def natix_params(level: int, width: int, height: int, rng: np.random.Generator) 
         return params
     params["angle"] = float(rng.uniform(-20.0, 20.0))
     params["crop"] = resized_crop_params(width, height, rng)  # rotation keeps the size
-    names = {2: ("saturation", "contrast", "jpeg"),
-             3: ("saturation", "contrast", "jpeg", "noise", "blur")}.get(level, ())
+    names = {
+        2: ("saturation", "contrast", "jpeg"),
+        3: ("saturation", "contrast", "jpeg", "noise", "blur"),
+    }.get(level, ())
     top = 1 if level == 2 else 2
     params["severity"] = {name: int(rng.integers(0, top + 1)) for name in names}
     params["noise_seed"] = int(rng.integers(0, 2**31 - 1))
@@ -329,8 +350,9 @@ def render_challenge(img: Image.Image, params: dict) -> Image.Image:
     import torchvision.transforms.functional as TF
 
     if params["level"] == 0:
-        out = _centre_square(img).resize((CHALLENGE_SIZE, CHALLENGE_SIZE),
-                                         Image.Resampling.BILINEAR)
+        out = _centre_square(img).resize(
+            (CHALLENGE_SIZE, CHALLENGE_SIZE), Image.Resampling.BILINEAR
+        )
         return jpeg_round_trip(out)
     x = TF.to_tensor(img)
     # The subnet rotates with torchvision's default (nearest) and no expansion.

@@ -22,21 +22,23 @@ def jpeg(colour=(90, 90, 90), size=(32, 24)) -> bytes:
 
 def natix_row(i: int, **over) -> dict:
     row = {c: None for c in NATIX_COLUMNS}
-    row.update({
-        "image": {"bytes": jpeg((20 * (i % 10), 90, 90)), "path": f"{i}.jpg"},
-        "id": i,
-        "width": 32,
-        "height": 24,
-        "gps": "[39.77, -86.18]",
-        "city_name": "Indianapolis",
-        "scene_description": "Cones on the right." if i % 2 else "",
-        "video_info.vid_id": f"vid{i // 3}",
-        "scene_level_tags.daytime": "Light",
-        "scene_level_tags.scene_environment": "Urban",
-        "scene_level_tags.travel_alteration": "['Lane shift']" if i % 2 else None,
-        "scene_level_tags.weather": "['Sunny', 'Cloudy']",
-        "label": i % 2,
-    })
+    row.update(
+        {
+            "image": {"bytes": jpeg((20 * (i % 10), 90, 90)), "path": f"{i}.jpg"},
+            "id": i,
+            "width": 32,
+            "height": 24,
+            "gps": "[39.77, -86.18]",
+            "city_name": "Indianapolis",
+            "scene_description": "Cones on the right." if i % 2 else "",
+            "video_info.vid_id": f"vid{i // 3}",
+            "scene_level_tags.daytime": "Light",
+            "scene_level_tags.scene_environment": "Urban",
+            "scene_level_tags.travel_alteration": "['Lane shift']" if i % 2 else None,
+            "scene_level_tags.weather": "['Sunny', 'Cloudy']",
+            "label": i % 2,
+        }
+    )
     row.update(over)
     return row
 
@@ -102,26 +104,41 @@ def planted_cache(
     vids = [f"v{i // 3}" for i in range(n)]  # videos of 3 frames; labels vary inside them
     n_test_vids = int(n / 3 * test_fraction)
     split = ["test" if int(v[1:]) < n_test_vids else "train" for v in vids]
-    cache = Cache.create(root, n_rows=n, n_views=12, feature_dim=dim,
-                         attrs={"backbone": {"preset": "planted", "random_init": False,
-                                             "feature_dim": dim},
-                                "views": {"layout": "grid3x3-v1", "n_views": 12}},
-                         shard_rows=256, chunk_rows=16)
+    cache = Cache.create(
+        root,
+        n_rows=n,
+        n_views=12,
+        feature_dim=dim,
+        attrs={
+            "backbone": {"preset": "planted", "random_init": False, "feature_dim": dim},
+            "views": {"layout": "grid3x3-v1", "n_views": 12},
+        },
+        shard_rows=256,
+        chunk_rows=16,
+    )
     cache.ensure_variant("clean")
     city = rng.integers(0, len(cities), size=n // 3 + 1)
     for shard in cache.shards():
         rows = []
         for i in range(shard.start, shard.stop):
             lat, lon = cities[city[i // 3]]
-            rows.append({
-                "id": str(i), "split": split[i], "label": int(labels[i]), "vid_id": vids[i],
-                "gps_lat": lat + rng.normal(0, 0.05), "gps_lon": lon + rng.normal(0, 0.05),
-                "city": None, "weather": [["Sunny"], ["Rainy"], []][i % 3],
-                "daytime": ["Light", "Dark"][i % 2], "scene": "Urban",
-                "description": "Cones ahead." if (labels[i] and leaky_text) else "",
-                "status": "ok",
-            })
-        cache.write_features("clean", shard, feats[shard.start:shard.stop])
+            rows.append(
+                {
+                    "id": str(i),
+                    "split": split[i],
+                    "label": int(labels[i]),
+                    "vid_id": vids[i],
+                    "gps_lat": lat + rng.normal(0, 0.05),
+                    "gps_lon": lon + rng.normal(0, 0.05),
+                    "city": None,
+                    "weather": [["Sunny"], ["Rainy"], []][i % 3],
+                    "daytime": ["Light", "Dark"][i % 2],
+                    "scene": "Urban",
+                    "description": "Cones ahead." if (labels[i] and leaky_text) else "",
+                    "status": "ok",
+                }
+            )
+        cache.write_features("clean", shard, feats[shard.start : shard.stop])
         mask = np.array([bool(r["description"]) for r in rows])
         text = np.zeros((len(rows), 384), np.float32)
         text[mask, 0] = 1.0

@@ -41,8 +41,10 @@ def test_tiny_is_the_same_model_in_every_process_and_leaves_the_rng_alone(views)
     assert torch.rand(1) == expected_next  # the fixed seed did not touch the caller's stream
     b = load_backbone("tiny", view_size=32)
     assert torch.equal(a(views), b(views))
-    code = "from roadwork_cache.backbone import load_backbone; print(load_backbone('tiny')" \
+    code = (
+        "from roadwork_cache.backbone import load_backbone; print(load_backbone('tiny')"
         ".info['state_sha256'])"
+    )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == a.info["state_sha256"]
     assert a.info["random_init"] is True and a.info["feature_dim"] == 64
@@ -78,7 +80,11 @@ def tiny_timm(**over):
     kwargs = {**TINY.timm_kwargs, **over}
     torch.manual_seed(9)
     return timm.create_model(
-        TINY.timm_name, pretrained=False, num_classes=0, global_pool="token", img_size=32,
+        TINY.timm_name,
+        pretrained=False,
+        num_classes=0,
+        global_pool="token",
+        img_size=32,
         **kwargs,
     ).eval()
 

@@ -36,17 +36,34 @@ from roadwork_cache.training.metrics import best_threshold, binary_metrics
 from roadwork_cache.training.stacking import calibrate, head_logits
 
 DIM = 16
-SMALL_HEAD = {"dim": 32, "layers": 1, "heads": 2, "pyramid_dims": [32], "fusion_dim": 32,
-              "classifier_dim": 16, "gate_dim": 8, "dropout": 0.0, "keep": None,
-              "meta_fields": []}
+SMALL_HEAD = {
+    "dim": 32,
+    "layers": 1,
+    "heads": 2,
+    "pyramid_dims": [32],
+    "fusion_dim": 32,
+    "classifier_dim": 16,
+    "gate_dim": 8,
+    "dropout": 0.0,
+    "keep": None,
+    "meta_fields": [],
+}
 MEMBERS = [
     {"name": "a", "seed": 1, "head": SMALL_HEAD, "variants": ["aug-0"]},
     {"name": "b", "seed": 2, "head": SMALL_HEAD, "variants": ["aug-1"]},
 ]
 
 
-def signal_cache(root, n=600, seed=0, strength=12.0, a_dir=None, labelled=True,
-                 test_fraction=0.25, variants=("clean", "aug-0", "aug-1", "natix-0")):
+def signal_cache(
+    root,
+    n=600,
+    seed=0,
+    strength=12.0,
+    a_dir=None,
+    labelled=True,
+    test_fraction=0.25,
+    variants=("clean", "aug-0", "aug-1", "natix-0"),
+):
     """A finished cache with the two planted signals (see the module docstring)."""
     from roadwork_cache.store import Cache
 
@@ -59,17 +76,28 @@ def signal_cache(root, n=600, seed=0, strength=12.0, a_dir=None, labelled=True,
     a_rows, b_rows = (y == 1) & half, (y == 1) & ~half
     noise = rng.normal(size=(n, 12, DIM))
     clean, only_a, only_b = noise.copy(), noise.copy(), noise.copy()
-    for arr, rows, view, vec in ((clean, a_rows, 3, direction), (clean, b_rows, 7, v),
-                                 (only_a, a_rows, 3, direction), (only_b, b_rows, 7, v)):
+    for arr, rows, view, vec in (
+        (clean, a_rows, 3, direction),
+        (clean, b_rows, 7, v),
+        (only_a, a_rows, 3, direction),
+        (only_b, b_rows, 7, v),
+    ):
         arr[rows, view] += strength * vec
     natix = clean + rng.normal(scale=0.3, size=clean.shape)
     vids = [f"v{i // 3}" for i in range(n)]
     n_test = int(n / 3 * test_fraction)
-    cache = Cache.create(root, n_rows=n, n_views=12, feature_dim=DIM,
-                         attrs={"backbone": {"preset": "planted", "random_init": False,
-                                             "feature_dim": DIM},
-                                "views": {"layout": "grid3x3-v1", "n_views": 12}},
-                         shard_rows=n, chunk_rows=n)
+    cache = Cache.create(
+        root,
+        n_rows=n,
+        n_views=12,
+        feature_dim=DIM,
+        attrs={
+            "backbone": {"preset": "planted", "random_init": False, "feature_dim": DIM},
+            "views": {"layout": "grid3x3-v1", "n_views": 12},
+        },
+        shard_rows=n,
+        chunk_rows=n,
+    )
     arrays = {"clean": clean, "aug-0": only_a, "aug-1": only_b, "natix-0": natix}
     arrays = {name: arrays[name] for name in variants}
     for name in arrays:
@@ -78,21 +106,40 @@ def signal_cache(root, n=600, seed=0, strength=12.0, a_dir=None, labelled=True,
     for name, feats in arrays.items():
         cache.write_features(name, shard, feats.astype(np.float32))
     cache.write_text(shard, np.zeros((n, 384), np.float32), np.zeros(n, bool))
-    cache.write_samples(shard, [{
-        "id": str(i), "split": "test" if i // 3 < n_test else "train",
-        "label": int(y[i]) if labelled else None, "vid_id": vids[i],
-        "gps_lat": 40.0 + rng.normal(0, 0.05), "gps_lon": -86.0 + rng.normal(0, 0.05),
-        "city": None, "weather": [["Sunny"], ["Rainy"]][i % 2], "daytime": "Light",
-        "scene": "Urban", "description": "", "status": "ok"} for i in range(n)])
+    cache.write_samples(
+        shard,
+        [
+            {
+                "id": str(i),
+                "split": "test" if i // 3 < n_test else "train",
+                "label": int(y[i]) if labelled else None,
+                "vid_id": vids[i],
+                "gps_lat": 40.0 + rng.normal(0, 0.05),
+                "gps_lon": -86.0 + rng.normal(0, 0.05),
+                "city": None,
+                "weather": [["Sunny"], ["Rainy"]][i % 2],
+                "daytime": "Light",
+                "scene": "Urban",
+                "description": "",
+                "status": "ok",
+            }
+            for i in range(n)
+        ],
+    )
     cache.finalize()
     return root
 
 
 def options(cache, out, members_file, **over) -> EnsembleOptions:
     values = dict(
-        cache=cache, out=out, members=str(members_file), folds=3, seed=0,
+        cache=cache,
+        out=out,
+        members=str(members_file),
+        folds=3,
+        seed=0,
         train=TrainConfig(epochs=12, batch_size=32, lr=5e-3, patience=12, warmup_epochs=0.5),
-        device="cpu", progress=False,
+        device="cpu",
+        progress=False,
     )
     values.update(over)
     return EnsembleOptions(**values)
@@ -111,22 +158,42 @@ def one_thread():
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ensemble")
     source = signal_cache(root / "source", seed=0)
-    target = signal_cache(root / "target", seed=1, n=300, a_dir=(0.3, 0.95), test_fraction=0,
-                          variants=("clean", "natix-0"))
+    target = signal_cache(
+        root / "target",
+        seed=1,
+        n=300,
+        a_dir=(0.3, 0.95),
+        test_fraction=0,
+        variants=("clean", "natix-0"),
+    )
     members = root / "members.json"
     members.write_text(json.dumps(MEMBERS))
-    opts = options(source, root / "ens", members, target=str(target), dora_folds=3,
-                   dora_member="a", distill=True,
-                   # a high rate: a few hundred rows and ten epochs (real runs use 1e-4)
-                   dora=DoraSettings(rank=8, alpha=16, lr=3e-2, epochs=10, patience=10,
-                                     dropout=0.0, batch_size=16),
-                   distill_cfg=DistillConfig(epochs=8, batch_size=64, lr=3e-3, patience=8))
+    opts = options(
+        source,
+        root / "ens",
+        members,
+        target=str(target),
+        dora_folds=3,
+        dora_member="a",
+        distill=True,
+        # a high rate: a few hundred rows and ten epochs (real runs use 1e-4)
+        dora=DoraSettings(
+            rank=8, alpha=16, lr=3e-2, epochs=10, patience=10, dropout=0.0, batch_size=16
+        ),
+        distill_cfg=DistillConfig(epochs=8, batch_size=64, lr=3e-3, patience=8),
+    )
     return run_ensemble(opts), root
 
 
 def pick(rows, model, set_name, variant="clean", metadata="none"):
-    return next(r for r in rows if r["model"] == model and r["set"] == set_name
-                and r["variant"] == variant and r["metadata"] == metadata)
+    return next(
+        r
+        for r in rows
+        if r["model"] == model
+        and r["set"] == set_name
+        and r["variant"] == variant
+        and r["metadata"] == metadata
+    )
 
 
 def test_stacked_ensemble_beats_the_best_member(run):
@@ -179,7 +246,8 @@ def test_folded_threshold_makes_one_half_optimal_on_the_calibration_rows(run):
     folded = cal.folded(z)
     assert best_threshold(y, folded) == 0.5
     assert binary_metrics(y, folded, 0.5)["mcc"] == pytest.approx(
-        binary_metrics(y, cal.prob(z), cal.threshold)["mcc"])
+        binary_metrics(y, cal.prob(z), cal.threshold)["mcc"]
+    )
 
 
 def test_manifest_round_trip_gives_the_stage_predictions(run):
@@ -239,8 +307,17 @@ def test_merged_dora_weights_give_the_adapter_outputs():
 def test_member_file_with_unknown_keys_is_one_sentence(monkeypatch, capsys, tmp_path):
     members = tmp_path / "members.yaml"
     members.write_text("- name: a\n  seed: 1\n  heads: 4\n")
-    code = run_cli(monkeypatch, "ensemble", "--cache", tmp_path / "missing", "--out",
-                   tmp_path / "out", "--members", members, "--no-progress")
+    code = run_cli(
+        monkeypatch,
+        "ensemble",
+        "--cache",
+        tmp_path / "missing",
+        "--out",
+        tmp_path / "out",
+        "--members",
+        members,
+        "--no-progress",
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "member 'a'" in err[0] and "unknown key(s) heads" in err[0]
@@ -254,6 +331,5 @@ def test_target_without_labels_for_dora_is_refused(tmp_path):
     members = tmp_path / "members.json"
     members.write_text(json.dumps(MEMBERS[:1]))
     with pytest.raises(UserError, match="has no labels; DoRA folds need labelled"):
-        run_ensemble(options(source, tmp_path / "out", members, target=str(target),
-                             dora_folds=3))
+        run_ensemble(options(source, tmp_path / "out", members, target=str(target), dora_folds=3))
     assert not (tmp_path / "out" / "members").exists()  # refused before any training

@@ -38,7 +38,11 @@ def test_extract_then_info_matches_the_data(monkeypatch, capsys, source, tmp_pat
     assert info["statuses"] == {"error": 2, "ok": 7}
     assert info["text_rows"] == 4  # descriptions only on roadwork rows
     assert info["arrays"]["features/clean"] == {
-        "shape": [9, 12, 64], "dtype": "float16", "chunks": [4, 12, 64], "shards": [4, 12, 64]}
+        "shape": [9, 12, 64],
+        "dtype": "float16",
+        "chunks": [4, 12, 64],
+        "shards": [4, 12, 64],
+    }
     assert info["backbone"]["preset"] == "tiny" and info["backbone"]["random_init"] is True
     assert info["views"]["layout"] == "grid3x3-v1" and info["views"]["view_size"] == 32
     assert info["variants"]["clean"]["version"] == 1
@@ -61,8 +65,9 @@ def test_extract_then_info_matches_the_data(monkeypatch, capsys, source, tmp_pat
 def test_worker_processes_give_the_same_features(monkeypatch, source, tmp_path):
     assert extract(monkeypatch, source, tmp_path / "a") == 0
     assert extract(monkeypatch, source, tmp_path / "b", "--workers", "1") == 0
-    np.testing.assert_array_equal(Cache.open(tmp_path / "a").features(),
-                                  Cache.open(tmp_path / "b").features())
+    np.testing.assert_array_equal(
+        Cache.open(tmp_path / "a").features(), Cache.open(tmp_path / "b").features()
+    )
 
 
 def test_rerun_resumes_only_missing_shards(monkeypatch, source, tmp_path, capsys):
@@ -112,11 +117,13 @@ def test_image_folder_source(monkeypatch, tmp_path):
         (("cache", "info", "{src}"), "not a roadwork cache"),
     ],
 )
-def test_bad_input_is_one_sentence_and_exit_2(monkeypatch, capsys, source, tmp_path, args,
-                                              message):
+def test_bad_input_is_one_sentence_and_exit_2(monkeypatch, capsys, source, tmp_path, args, message):
     args = [a.format(src=source) for a in args]
-    code = run_cli(monkeypatch, *args, "--cache", tmp_path / "c") if args[0] == "extract" \
+    code = (
+        run_cli(monkeypatch, *args, "--cache", tmp_path / "c")
+        if args[0] == "extract"
         else run_cli(monkeypatch, *args)
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     last = err.splitlines()[-1]

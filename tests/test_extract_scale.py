@@ -15,8 +15,7 @@ from helpers import run_cli
 from roadwork_cache.data.synth import write_synthetic
 from roadwork_cache.store import Cache, writer_lock
 
-COMMON = ("--view-size", "32", "--shard-rows", "4", "--workers", "0", "--no-progress",
-          "--no-text")
+COMMON = ("--view-size", "32", "--shard-rows", "4", "--workers", "0", "--no-progress", "--no-text")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,17 @@ def source(tmp_path_factory):
 
 
 def extract(monkeypatch, source, cache, variants="clean", *extra):
-    return run_cli(monkeypatch, "extract", f"{source}/*.parquet", "--cache", cache,
-                   "--variants", variants, *COMMON, *extra)
+    return run_cli(
+        monkeypatch,
+        "extract",
+        f"{source}/*.parquet",
+        "--cache",
+        cache,
+        "--variants",
+        variants,
+        *COMMON,
+        *extra,
+    )
 
 
 def all_features(cache) -> dict:
@@ -72,8 +80,7 @@ def test_two_runs_are_bit_identical(monkeypatch, source, reference, tmp_path):
     assert_same_cache(reference, tmp_path / "again")
 
 
-def test_adding_variants_computes_only_the_missing_ones(monkeypatch, source, reference,
-                                                        tmp_path):
+def test_adding_variants_computes_only_the_missing_ones(monkeypatch, source, reference, tmp_path):
     cache = tmp_path / "cache"
     assert extract(monkeypatch, source, cache, "clean,natix:2") == 0
     markers = sorted((cache / "progress" / "features" / "clean").glob("*.done"))
@@ -86,8 +93,18 @@ def test_adding_variants_computes_only_the_missing_ones(monkeypatch, source, ref
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(source, reference, tmp_path):
     cache = tmp_path / "cache"
-    args = [sys.executable, "-m", "roadwork_cache.cli", "extract", f"{source}/*.parquet",
-            "--cache", str(cache), "--variants", "clean,aug:1,natix:2,tta:1", *COMMON]
+    args = [
+        sys.executable,
+        "-m",
+        "roadwork_cache.cli",
+        "extract",
+        f"{source}/*.parquet",
+        "--cache",
+        str(cache),
+        "--variants",
+        "clean,aug:1,natix:2,tta:1",
+        *COMMON,
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = cache / "progress" / "features"
     deadline = time.time() + 120
@@ -126,8 +143,7 @@ def test_a_crash_between_data_and_marker_is_redone(monkeypatch, source, referenc
     assert_same_cache(reference, cache)
 
 
-def test_a_second_writer_is_refused_with_the_holder_named(monkeypatch, capsys, source,
-                                                          tmp_path):
+def test_a_second_writer_is_refused_with_the_holder_named(monkeypatch, capsys, source, tmp_path):
     cache = tmp_path / "cache"
     with writer_lock(cache):
         assert extract(monkeypatch, source, cache) == 2
@@ -142,18 +158,34 @@ def test_torchrun_two_processes_equal_one(source, reference, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "roadwork_cache.cli",
-         "extract", f"{source}/*.parquet", "--cache", str(cache),
-         "--variants", "clean,aug:1,natix:2,tta:1", *COMMON],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "roadwork_cache.cli",
+            "extract",
+            f"{source}/*.parquet",
+            "--cache",
+            str(cache),
+            "--variants",
+            "clean,aug:1,natix:2,tta:1",
+            *COMMON,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_cache(reference, cache)
     assert Cache.open(cache).attrs["complete"] is True
 
 
-def test_verify_names_a_damaged_shard_and_repair_recomputes_it(monkeypatch, capsys, source,
-                                                               reference, tmp_path):
+def test_verify_names_a_damaged_shard_and_repair_recomputes_it(
+    monkeypatch, capsys, source, reference, tmp_path
+):
     cache = tmp_path / "cache"
     shutil.copytree(reference, cache)
     assert run_cli(monkeypatch, "cache", "verify", cache) == 0

@@ -22,8 +22,22 @@ def test_gps_parses(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    [None, "", "None", "[nan, ]", "[nan, nan]", "[1.0]", "[91, 0]", "[0, 200]", "[0, 0]",
-     "abc", "[1, 2, 3]", "__import__('os').system('true')", float("nan"), "[inf, 3]"],
+    [
+        None,
+        "",
+        "None",
+        "[nan, ]",
+        "[nan, nan]",
+        "[1.0]",
+        "[91, 0]",
+        "[0, 200]",
+        "[0, 0]",
+        "abc",
+        "[1, 2, 3]",
+        "__import__('os').system('true')",
+        float("nan"),
+        "[inf, 3]",
+    ],
 )
 def test_malformed_gps_is_null(value):
     assert md.parse_gps(value) is None
@@ -58,8 +72,17 @@ def test_single_tag_and_text():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1, 1), (0, 0), ("1", 1), (1.0, 1), (True, 1), (None, None), (2, None), ("x", None),
-     (math.nan, None)],
+    [
+        (1, 1),
+        (0, 0),
+        ("1", 1),
+        (1.0, 1),
+        (True, 1),
+        (None, None),
+        (2, None),
+        ("x", None),
+        (math.nan, None),
+    ],
 )
 def test_label(value, expected):
     assert md.parse_label(value) == expected

@@ -27,14 +27,23 @@ from roadwork_cache.store import Cache
 
 REAL = shared_real()
 VIEW_SIZE = 64  # JPEG draft decoding stays off for the 256 px photo: file and PIL paths agree
-HEAD = {"dim": 32, "layers": 1, "heads": 2, "pyramid_dims": [32, 16], "fusion_dim": 32,
-        "classifier_dim": 16, "gate_dim": 16, "dropout": 0.0}
+HEAD = {
+    "dim": 32,
+    "layers": 1,
+    "heads": 2,
+    "pyramid_dims": [32, 16],
+    "fusion_dim": 32,
+    "classifier_dim": 16,
+    "gate_dim": 16,
+    "dropout": 0.0,
+}
 
 
 def real_photos() -> list[Path]:
     assert REAL.is_dir(), (
         f"the real test photographs are missing: expected {REAL} (the shared/real folder "
-        "beside the repository, see its README.md; or set ROADWORK_SHARED)")
+        "beside the repository, see its README.md; or set ROADWORK_SHARED)"
+    )
     photos = sorted(p for p in REAL.iterdir() if p.suffix.lower() in {".jpg", ".png"})
     assert len(photos) == 5, f"expected 4 PNGs and 1 JPEG in {REAL}, found {photos}"
     return photos
@@ -49,11 +58,21 @@ def write_model(folder: Path, cache: Path, threshold: float = 0.4) -> Path:
         torch.manual_seed(3)
         model = RoadworkHead(config)
     folder.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({
-        "kind": "train-head", "cache": str(cache), "backbone": attrs["backbone"],
-        "views": attrs["views"], "head": config.to_dict(), "threshold": threshold}))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors"
+    )
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "kind": "train-head",
+                "cache": str(cache),
+                "backbone": attrs["backbone"],
+                "views": attrs["views"],
+                "head": config.to_dict(),
+                "threshold": threshold,
+            }
+        )
+    )
     return folder
 
 
@@ -69,17 +88,33 @@ def setup(tmp_path_factory):
         writer.writerow(["filename", "id", "label", "split"])
         for path in real_photos():
             shutil.copy(path, photos / path.name)
-            writer.writerow([path.name, path.name, int(path.name.startswith("roadwork")),
-                             "train"])
+            writer.writerow([path.name, path.name, int(path.name.startswith("roadwork")), "train"])
     cache = root / "cache"
-    run_extract(ExtractConfig(source=str(photos), cache=cache, view_size=VIEW_SIZE,
-                              variants=["clean", "tta-0", "tta-1"], text=False, workers=0,
-                              device="cpu", progress=False))
+    run_extract(
+        ExtractConfig(
+            source=str(photos),
+            cache=cache,
+            view_size=VIEW_SIZE,
+            variants=["clean", "tta-0", "tta-1"],
+            text=False,
+            workers=0,
+            device="cpu",
+            progress=False,
+        )
+    )
     model = write_model(root / "model", cache)
     from roadwork_cache.stages.tta import TtaOptions, run_tta
 
-    run_tta(TtaOptions(cache=cache, model=model, out=root / "tta.parquet", split="all",
-                       device="cpu", progress=False))
+    run_tta(
+        TtaOptions(
+            cache=cache,
+            model=model,
+            out=root / "tta.parquet",
+            split="all",
+            device="cpu",
+            progress=False,
+        )
+    )
     broken = root / "broken.jpg"
     data = (REAL / "not_street_face.jpg").read_bytes()
     broken.write_bytes(data[: len(data) // 2])  # a valid header, half the pixels
@@ -93,8 +128,9 @@ def predict_json(monkeypatch, capsys, *args) -> tuple[int, list[dict]]:
 
 
 def test_predict_answers_every_photo_and_an_error_for_a_corrupt_file(monkeypatch, capsys, setup):
-    code, answers = predict_json(monkeypatch, capsys, setup["photos"], setup["broken"],
-                                 "--model", setup["model"])
+    code, answers = predict_json(
+        monkeypatch, capsys, setup["photos"], setup["broken"], "--model", setup["model"]
+    )
     assert code == 1  # one image could not be read; the others still got answers
     by_name = {Path(a["path"]).name: a for a in answers}
     assert set(by_name) == {p.name for p in real_photos()} | {"broken.jpg"}
@@ -112,8 +148,9 @@ def test_predict_reproduces_the_cache_and_the_tta_stage(setup):
     """Images -> views -> tiny backbone -> head gives what the cache-based path gives: the
     clean probability equals the bundle on cached features, and --tta with the FOODS
     statistics equals `roadwork tta`'s probability, image by image."""
-    opts = PredictOptions(inputs=[str(setup["photos"])], model=setup["model"], device="cpu",
-                          progress=False)
+    opts = PredictOptions(
+        inputs=[str(setup["photos"])], model=setup["model"], device="cpu", progress=False
+    )
     plain, _ = run_predict(opts)
     opts.tta = True
     tta, predictor = run_predict(opts)
@@ -134,8 +171,9 @@ def test_predict_reproduces_the_cache_and_the_tta_stage(setup):
 def test_detector_matches_predict_and_is_thread_safe(setup):
     from roadwork_cache import RoadworkDetector
 
-    opts = PredictOptions(inputs=[str(setup["photos"])], model=setup["model"], device="cpu",
-                          tta=True, progress=False)
+    opts = PredictOptions(
+        inputs=[str(setup["photos"])], model=setup["model"], device="cpu", tta=True, progress=False
+    )
     answers, _ = run_predict(opts)
     detector = RoadworkDetector.load(setup["model"], device="cpu", tta=True)
     detector.load_model()  # idempotent
@@ -182,8 +220,16 @@ def test_predict_refuses_a_model_of_another_backbone_or_layout(monkeypatch, caps
             config["views"]["layout"] = "grid2x2-v0"
         (model / "config.json").write_text(json.dumps(config))
         capsys.readouterr()
-        code = run_cli(monkeypatch, "predict", setup["photos"], "--model", model,
-                       "--device", "cpu", "--no-progress")
+        code = run_cli(
+            monkeypatch,
+            "predict",
+            setup["photos"],
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--no-progress",
+        )
         err = capsys.readouterr().err
         assert code == 2 and words in err, err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
@@ -204,8 +250,14 @@ def test_empty_folder_and_incomplete_model_are_one_sentence(monkeypatch, capsys,
     err = capsys.readouterr().err
     assert code == 2 and "is missing model.safetensors" in err and len(err.splitlines()) == 1
 
-    code, answers = predict_json(monkeypatch, capsys, str(setup["photos"] / "*.png"),
-                                 root / "nowhere.jpg", "--model", setup["model"])
+    code, answers = predict_json(
+        monkeypatch,
+        capsys,
+        str(setup["photos"] / "*.png"),
+        root / "nowhere.jpg",
+        "--model",
+        setup["model"],
+    )
     assert code == 1 and len(answers) == 5
     assert answers[-1]["error"].startswith("no such file")
 
@@ -245,8 +297,9 @@ def _views_in_child(_):
 
 def test_views_are_cut_in_processes_forked_after_the_parent_used_its_thread_pool():
     want = image_views(_fork_image(), FORK_VARIANTS, 32)  # the parent's pool now exists
-    loader = torch.utils.data.DataLoader(_ViewsDataset(), batch_size=None, num_workers=1,
-                                         timeout=60)
+    loader = torch.utils.data.DataLoader(
+        _ViewsDataset(), batch_size=None, num_workers=1, timeout=60
+    )
     for got in loader:
         assert np.array_equal(np.asarray(got), want)
     with multiprocessing.get_context("fork").Pool(1) as pool:

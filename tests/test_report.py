@@ -27,8 +27,15 @@ from roadwork_cache.store import Cache
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.metrics import binary_metrics
 
-SMALL_HEAD = {"dim": 64, "layers": 1, "heads": 4, "pyramid_dims": [64, 32], "fusion_dim": 64,
-              "classifier_dim": 32, "gate_dim": 32}
+SMALL_HEAD = {
+    "dim": 64,
+    "layers": 1,
+    "heads": 4,
+    "pyramid_dims": [64, 32],
+    "fusion_dim": 64,
+    "classifier_dim": 32,
+    "gate_dim": 32,
+}
 BANNER = "scores demonstrate the machinery, not quality"
 
 
@@ -40,9 +47,16 @@ def run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny head: a second thread only spins on a shared machine
     try:
-        run_train_head(TrainHeadOptions(
-            cache=cache, out=root / "run", head=dict(SMALL_HEAD),
-            train=TrainConfig(epochs=2, batch_size=64), device="cpu", progress=False))
+        run_train_head(
+            TrainHeadOptions(
+                cache=cache,
+                out=root / "run",
+                head=dict(SMALL_HEAD),
+                train=TrainConfig(epochs=2, batch_size=64),
+                device="cpu",
+                progress=False,
+            )
+        )
     finally:
         torch.set_num_threads(threads)
     page = write_report(root / "run")
@@ -76,8 +90,13 @@ def test_page_holds_metrics_and_audit_tables(run):
     shown = table(html, "metrics")
     assert len(shown) == len(metrics["rows"])
     first = metrics["rows"][0]
-    assert shown[0][:5] == [first["model"], first["set"], first["variant"], first["metadata"],
-                            first["threshold_kind"]]
+    assert shown[0][:5] == [
+        first["model"],
+        first["set"],
+        first["variant"],
+        first["metadata"],
+        first["threshold_kind"],
+    ]
     assert shown[0][6] == f"{first['mcc']:+.3f}"
     audit = json.loads((root / "run" / "audit.json").read_text())
     assert [r[0] for r in table(html, "audit")] == [a["field"] for a in audit]
@@ -174,8 +193,9 @@ def test_default_set_falls_back_to_val_without_labelled_test_rows(run, tmp_path)
     root, _ = run
     copy = shutil.copytree(root / "run", tmp_path / "run")
     preds = pq.read_table(copy / "predictions.parquet").to_pydict()
-    preds["label"] = [None if s == "test" else y
-                      for s, y in zip(preds["set"], preds["label"], strict=True)]
+    preds["label"] = [
+        None if s == "test" else y for s, y in zip(preds["set"], preds["label"], strict=True)
+    ]
     pq.write_table(pa.table(preds), copy / "predictions.parquet")
     assert choose_set(load_run(copy), None).name == "val"
     with pytest.raises(UserError, match="no labelled rows"):

@@ -11,16 +11,24 @@ from roadwork_cache.store import Cache, _plain_sharded, read_whole, shard_ranges
 
 
 def make_cache(root, n=37, shard_rows=16, chunk_rows=4, dim=8):
-    cache = Cache.create(root, n_rows=n, n_views=12, feature_dim=dim,
-                         attrs={"backbone": {"preset": "tiny"}},
-                         shard_rows=shard_rows, chunk_rows=chunk_rows)
+    cache = Cache.create(
+        root,
+        n_rows=n,
+        n_views=12,
+        feature_dim=dim,
+        attrs={"backbone": {"preset": "tiny"}},
+        shard_rows=shard_rows,
+        chunk_rows=chunk_rows,
+    )
     cache.ensure_variant("clean")
     return cache
 
 
 def rows_for(shard):
-    return [{"id": str(i), "split": "train", "label": i % 2, "weather": ["Sunny"],
-             "status": "ok"} for i in range(shard.start, shard.stop)]
+    return [
+        {"id": str(i), "split": "train", "label": i % 2, "weather": ["Sunny"], "status": "ok"}
+        for i in range(shard.start, shard.stop)
+    ]
 
 
 def test_shard_ranges_cover_all_rows():
@@ -35,8 +43,8 @@ def test_round_trip(tmp_path):
     text = rng.normal(size=(37, 384)).astype(np.float32)
     mask = rng.random(37) > 0.5
     for shard in cache.shards():
-        cache.write_features("clean", shard, full[shard.start:shard.stop])
-        cache.write_text(shard, text[shard.start:shard.stop], mask[shard.start:shard.stop])
+        cache.write_features("clean", shard, full[shard.start : shard.stop])
+        cache.write_text(shard, text[shard.start : shard.stop], mask[shard.start : shard.stop])
         cache.write_samples(shard, rows_for(shard))
     assert cache.finalize() is True
 
@@ -108,7 +116,9 @@ def filled_cache(root, written=(0, 1, 2)):
         if shard.index in written:
             feats = rng.normal(size=(len(shard), 12, 8)).astype(np.float32)
             cache.write_features("clean", shard, feats)
-            cache.write_text(shard, rng.normal(size=(len(shard), 384)), rng.random(len(shard)) > .5)
+            cache.write_text(
+                shard, rng.normal(size=(len(shard), 384)), rng.random(len(shard)) > 0.5
+            )
     return cache
 
 
@@ -135,11 +145,13 @@ def test_direct_read_fills_chunks_never_written(tmp_path):
 def test_other_layouts_go_through_zarr(tmp_path):
     group = zarr.open_group(tmp_path / "z", mode="w")
     data = np.arange(37 * 6, dtype=np.float16).reshape(37, 6)
-    compressed = group.create_array("a", shape=data.shape, dtype="float16", chunks=(4, 6),
-                                    shards=(16, 6))  # the default compressor
+    compressed = group.create_array(
+        "a", shape=data.shape, dtype="float16", chunks=(4, 6), shards=(16, 6)
+    )  # the default compressor
     compressed[:] = data
-    unsharded = group.create_array("b", shape=data.shape, dtype="float16", chunks=(4, 6),
-                                   compressors=None)
+    unsharded = group.create_array(
+        "b", shape=data.shape, dtype="float16", chunks=(4, 6), compressors=None
+    )
     unsharded[:] = data
     for array in (compressed, unsharded):
         assert not _plain_sharded(array)

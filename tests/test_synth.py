@@ -65,7 +65,8 @@ def test_columns_types_and_shard_names(big):
         schema = pq.read_schema(p)
         assert tuple(schema.names) == NATIX_COLUMNS
         assert schema.field("image").type == pa.struct(
-            [("bytes", pa.binary()), ("path", pa.string())])
+            [("bytes", pa.binary()), ("path", pa.string())]
+        )
         for c in ("id", "width", "height", "label", "video_info.frame_id"):
             assert schema.field(c).type == pa.int64(), c
         for c in ("gps", "scene_description", "scene_level_tags.weather", "video_info.vid_id"):
@@ -105,7 +106,8 @@ def test_metadata_fields_follow_the_real_quirks(big):
             assert r["label"] == 1
             alteration_rows += 1
             assert set(ast.literal_eval(r["scene_level_tags.travel_alteration"])) <= set(
-                ALTERATIONS)
+                ALTERATIONS
+            )
         assert r["scene_level_tags.daytime"] in (*DAYTIMES, None)
         assert r["scene_level_tags.scene_environment"] in (*ENVIRONMENTS, None)
         if r["scene_level_tags.weather"] is not None:
@@ -189,8 +191,7 @@ def test_render_scene_size_and_cue():
     neg = [render_scene(rng, 180, 320, False) for _ in range(12)]
     assert all(im.size == (320, 180) and im.mode == "RGB" for im in pos)
     assert all(im.size == (180, 320) for im in neg)
-    assert np.mean([_orange_fraction(i) for i in pos]) > np.mean(
-        [_orange_fraction(i) for i in neg])
+    assert np.mean([_orange_fraction(i) for i in pos]) > np.mean([_orange_fraction(i) for i in neg])
     # Same generator state, same picture.
     a = render_scene(np.random.default_rng(5), 160, 90, True)
     b = render_scene(np.random.default_rng(5), 160, 90, True)
@@ -209,8 +210,9 @@ def test_deterministic_per_seed(tmp_path):
 
 def test_shard_rows_progress_and_sizes(tmp_path):
     seen: list[int] = []
-    paths = write_synthetic(tmp_path, 60, seed=1, shard_rows=16, sizes=[(96, 64)],
-                            progress=seen.append)
+    paths = write_synthetic(
+        tmp_path, 60, seed=1, shard_rows=16, sizes=[(96, 64)], progress=seen.append
+    )
     assert sum(seen) == 60
     tables = _read(paths)
     assert sum(t.num_rows for t in tables.values()) == 60
@@ -229,8 +231,15 @@ def test_shard_rows_progress_and_sizes(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"rows": 0}, {"rows": -5}, {"test_fraction": 1.5}, {"test_fraction": -0.1},
-     {"test_fraction": math.nan}, {"shard_rows": 0}, {"sizes": [(10, 10)]}],
+    [
+        {"rows": 0},
+        {"rows": -5},
+        {"test_fraction": 1.5},
+        {"test_fraction": -0.1},
+        {"test_fraction": math.nan},
+        {"shard_rows": 0},
+        {"sizes": [(10, 10)]},
+    ],
 )
 def test_bad_arguments_raise_user_error(tmp_path, kwargs):
     args = {"rows": 10, **kwargs}

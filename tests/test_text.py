@@ -11,9 +11,12 @@ REAL = shared_real() / "descriptions.json"
 
 
 def test_embeddings_are_normalised_and_masked():
-    texts = ["Line of cones on the right side of the road.", "",
-             "Traffic cones next to work vehicles on the right side of road.",
-             "A sunny beach with palm trees."]
+    texts = [
+        "Line of cones on the right side of the road.",
+        "",
+        "Traffic cones next to work vehicles on the right side of road.",
+        "A sunny beach with palm trees.",
+    ]
     if REAL.is_file():  # real human descriptions, when the shared folder is beside the repo
         texts += list(json.loads(REAL.read_text()).values())
     emb, mask = TextEncoder().encode(texts)

@@ -13,8 +13,16 @@ from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
 from roadwork_cache.training.loop import TrainConfig
 
-SMALL_HEAD = {"dim": 64, "layers": 1, "heads": 4, "pyramid_dims": [64, 32], "fusion_dim": 64,
-              "classifier_dim": 32, "gate_dim": 32, "dropout": 0.0}
+SMALL_HEAD = {
+    "dim": 64,
+    "layers": 1,
+    "heads": 4,
+    "pyramid_dims": [64, 32],
+    "fusion_dim": 64,
+    "classifier_dim": 32,
+    "gate_dim": 32,
+    "dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +30,27 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     cache, planted, labels = planted_cache(root / "cache", signal=5.0)
     opts = TrainHeadOptions(
-        cache=cache, out=root / "run", head=dict(SMALL_HEAD),
-        train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, patience=20, seed=0,
-                          warmup_epochs=1),
-        device="cpu", progress=False,
+        cache=cache,
+        out=root / "run",
+        head=dict(SMALL_HEAD),
+        train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, patience=20, seed=0, warmup_epochs=1),
+        device="cpu",
+        progress=False,
     )
     result = run_train_head(opts)
     return result, planted, labels, root
 
 
 def row(rows, model, set_name="test", metadata="none", threshold="tuned"):
-    return next(r for r in rows if r["model"] == model and r["set"] == set_name
-                and r["variant"] == "clean" and r["metadata"] == metadata
-                and r["threshold_kind"] == threshold)
+    return next(
+        r
+        for r in rows
+        if r["model"] == model
+        and r["set"] == set_name
+        and r["variant"] == "clean"
+        and r["metadata"] == metadata
+        and r["threshold_kind"] == threshold
+    )
 
 
 def test_head_finds_a_signal_in_the_tiles_and_beats_the_global_view_baseline(trained):
@@ -84,8 +100,14 @@ def test_pruning_keeps_the_planted_views(trained):
 def test_run_folder_is_complete_and_predictions_cover_every_row(trained):
     _, _, labels, root = trained
     run = root / "run"
-    for name in ("config.json", "model.safetensors", "metrics.json", "predictions.parquet",
-                 "curve.png", "audit.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "metrics.json",
+        "predictions.parquet",
+        "curve.png",
+        "audit.json",
+    ):
         assert (run / name).is_file(), name
     preds = pq.read_table(run / "predictions.parquet").to_pydict()
     assert len(preds["id"]) == len(labels)
@@ -100,9 +122,14 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     cache, _, _ = planted_cache(tmp_path / "cache", n=120)
     outs = []
     for name in ("a", "b"):
-        opts = TrainHeadOptions(cache=cache, out=tmp_path / name, head=dict(SMALL_HEAD),
-                                train=TrainConfig(epochs=2, batch_size=32, seed=3),
-                                device="cpu", progress=False)
+        opts = TrainHeadOptions(
+            cache=cache,
+            out=tmp_path / name,
+            head=dict(SMALL_HEAD),
+            train=TrainConfig(epochs=2, batch_size=32, seed=3),
+            device="cpu",
+            progress=False,
+        )
         run_train_head(opts)
         outs.append(load_file(tmp_path / name / "model.safetensors"))
     for key in outs[0]:
@@ -119,8 +146,20 @@ def test_training_is_deterministic_on_cpu(tmp_path):
 )
 def test_bad_input_is_one_sentence(monkeypatch, capsys, tmp_path, extra, message):
     cache, _, _ = planted_cache(tmp_path / "cache", n=60)
-    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
-                   "--epochs", "1", "--no-progress", "--device", "cpu", *extra)
+    code = run_cli(
+        monkeypatch,
+        "train-head",
+        "--cache",
+        cache,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    )
     assert code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -132,11 +171,13 @@ def test_cache_without_labels(monkeypatch, capsys, tmp_path):
     table = Cache.open(cache).samples()
     import pyarrow as pa
 
-    table = table.set_column(table.schema.get_field_index("label"), "label",
-                             pa.array([None] * 30, pa.int8()))
+    table = table.set_column(
+        table.schema.get_field_index("label"), "label", pa.array([None] * 30, pa.int8())
+    )
     pq.write_table(table, cache / "samples.parquet")
-    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
-                   "--no-progress")
+    code = run_cli(
+        monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run", "--no-progress"
+    )
     assert code == 2 and "no labelled rows" in capsys.readouterr().err
 
 
@@ -144,8 +185,17 @@ def test_config_file_for_another_backbone_is_one_sentence(monkeypatch, capsys, t
     cache, _, _ = planted_cache(tmp_path / "cache", n=60)
     config = tmp_path / "head.json"
     config.write_text(json.dumps({"head": {"in_dim": 1280}, "train": {"lr": 1e-3}}))
-    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
-                   "--config", config, "--no-progress")
+    code = run_cli(
+        monkeypatch,
+        "train-head",
+        "--cache",
+        cache,
+        "--out",
+        tmp_path / "run",
+        "--config",
+        config,
+        "--no-progress",
+    )
     assert code == 2
     assert "in_dim 1280 does not match the 32-d features" in capsys.readouterr().err
 
@@ -154,19 +204,35 @@ def test_config_file_with_unknown_train_key(monkeypatch, capsys, tmp_path):
     cache, _, _ = planted_cache(tmp_path / "cache", n=60)
     config = tmp_path / "cfg.yaml"
     config.write_text("head:\n  layers: 1\ntrain:\n  learning_rate: 0.1\n")
-    code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
-                   "--config", config, "--no-progress")
+    code = run_cli(
+        monkeypatch,
+        "train-head",
+        "--cache",
+        cache,
+        "--out",
+        tmp_path / "run",
+        "--config",
+        config,
+        "--no-progress",
+    )
     assert code == 2 and "unknown train config key(s): learning_rate" in capsys.readouterr().err
 
 
 def test_gps_target_csv_moves_the_sampled_distribution(tmp_path):
     cache, _, _ = planted_cache(tmp_path / "cache", n=150)
     target = tmp_path / "target.csv"
-    target.write_text("lat,lon\n" + "".join(f"{42.36 + i * 0.01},{-71.06 - i * 0.01}\n"
-                                            for i in range(20)))  # Boston only
-    opts = TrainHeadOptions(cache=cache, out=tmp_path / "run", head=dict(SMALL_HEAD),
-                            train=TrainConfig(epochs=1, batch_size=64), target=str(target),
-                            device="cpu", progress=False)
+    target.write_text(
+        "lat,lon\n" + "".join(f"{42.36 + i * 0.01},{-71.06 - i * 0.01}\n" for i in range(20))
+    )  # Boston only
+    opts = TrainHeadOptions(
+        cache=cache,
+        out=tmp_path / "run",
+        head=dict(SMALL_HEAD),
+        train=TrainConfig(epochs=1, batch_size=64),
+        target=str(target),
+        device="cpu",
+        progress=False,
+    )
     run_train_head(opts)
     gps = json.loads((tmp_path / "run" / "config.json").read_text())["gps"]
     assert gps["enabled"] and gps["target"] == str(target)

@@ -25,8 +25,17 @@ from roadwork_cache.tta import (
     weighted_probability,
 )
 
-SMALL_HEAD = {"dim": 32, "layers": 1, "heads": 2, "pyramid_dims": [32, 16], "fusion_dim": 32,
-              "classifier_dim": 16, "gate_dim": 16, "dropout": 0.0, "meta_fields": []}
+SMALL_HEAD = {
+    "dim": 32,
+    "layers": 1,
+    "heads": 2,
+    "pyramid_dims": [32, 16],
+    "fusion_dim": 32,
+    "classifier_dim": 16,
+    "gate_dim": 16,
+    "dropout": 0.0,
+    "meta_fields": [],
+}
 IN_DIST = ("tta-0",)  # + clean: variants that look like training images
 OOD = ("tta-1", "tta-2", "tta-3", "tta-4")  # far from the training features, label inverted
 
@@ -49,8 +58,9 @@ def test_weights_are_softmax_of_minus_distance_over_the_closest():
     np.testing.assert_allclose(foods_weights(d, keep=0.01)[0], [0, 0, 0, 0, 1])
     hot = foods_weights(d, keep=1.0, temperature=1e6)  # very high temperature: plain mean
     np.testing.assert_allclose(hot, uniform_weights(1, 5), atol=1e-5)
-    np.testing.assert_allclose(weighted_probability(np.array([[0.2, 0.4]]),
-                                                    np.array([[0.75, 0.25]])), [0.25])
+    np.testing.assert_allclose(
+        weighted_probability(np.array([[0.2, 0.4]]), np.array([[0.75, 0.25]])), [0.25]
+    )
 
 
 def test_mahalanobis_matches_the_shrunk_covariance(tmp_path):
@@ -78,8 +88,12 @@ def test_mahalanobis_matches_the_shrunk_covariance(tmp_path):
 
 
 def test_settings_are_checked():
-    for bad in (FoodsSettings(keep=0), FoodsSettings(keep=1.5), FoodsSettings(distance="l1"),
-                FoodsSettings(temperature=0)):
+    for bad in (
+        FoodsSettings(keep=0),
+        FoodsSettings(keep=1.5),
+        FoodsSettings(distance="l1"),
+        FoodsSettings(temperature=0),
+    ):
         with pytest.raises(UserError):
             bad.check()
 
@@ -129,19 +143,35 @@ def planted_tta_cache(root, n=160, dim=16, signal=3.0, seed=0):
         noise = rng.normal(0, 0.3, clean.shape)
         variants[name] = base + noise + signal * (1 - y)[:, None, None] * u + 8.0 * w
     split = ["test" if i < n // 4 else "train" for i in range(n)]
-    cache = Cache.create(root, n_rows=n, n_views=12, feature_dim=dim,
-                         attrs={"backbone": {"preset": "planted", "random_init": False,
-                                             "feature_dim": dim},
-                                "views": {"layout": "grid3x3-v1", "n_views": 12}},
-                         shard_rows=128, chunk_rows=16)
+    cache = Cache.create(
+        root,
+        n_rows=n,
+        n_views=12,
+        feature_dim=dim,
+        attrs={
+            "backbone": {"preset": "planted", "random_init": False, "feature_dim": dim},
+            "views": {"layout": "grid3x3-v1", "n_views": 12},
+        },
+        shard_rows=128,
+        chunk_rows=16,
+    )
     for name in variants:
         cache.ensure_variant(name)
     for shard in cache.shards():
-        rows = [{"id": f"r{i}", "split": split[i], "label": int(y[i]), "vid_id": f"v{i // 2}",
-                 "weather": [], "description": "", "status": "ok"}
-                for i in range(shard.start, shard.stop)]
+        rows = [
+            {
+                "id": f"r{i}",
+                "split": split[i],
+                "label": int(y[i]),
+                "vid_id": f"v{i // 2}",
+                "weather": [],
+                "description": "",
+                "status": "ok",
+            }
+            for i in range(shard.start, shard.stop)
+        ]
         for name, feats in variants.items():
-            cache.write_features(name, shard, feats[shard.start:shard.stop])
+            cache.write_features(name, shard, feats[shard.start : shard.stop])
         cache.write_text(shard, np.zeros((len(rows), 384)), np.zeros(len(rows), bool))
         cache.write_samples(shard, rows)
     cache.finalize()
@@ -152,18 +182,36 @@ def planted_tta_cache(root, n=160, dim=16, signal=3.0, seed=0):
 def planted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tta")
     cache = planted_tta_cache(root / "cache")
-    run_train_head(TrainHeadOptions(
-        cache=cache, out=root / "run", head=dict(SMALL_HEAD), variants=["clean"],
-        train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, patience=10, seed=0),
-        device="cpu", progress=False))
+    run_train_head(
+        TrainHeadOptions(
+            cache=cache,
+            out=root / "run",
+            head=dict(SMALL_HEAD),
+            variants=["clean"],
+            train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, patience=10, seed=0),
+            device="cpu",
+            progress=False,
+        )
+    )
     return root
 
 
 def test_tta_stage_reports_foods_beside_mean_and_none(monkeypatch, planted_run, capsys):
     root = planted_run
     out = root / "preds" / "test.parquet"
-    code = run_cli(monkeypatch, "tta", "--cache", root / "cache", "--model", root / "run",
-                   "--out", out, "--device", "cpu", "--no-progress")
+    code = run_cli(
+        monkeypatch,
+        "tta",
+        "--cache",
+        root / "cache",
+        "--model",
+        root / "run",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "FOODS" in err and "mean-TTA" in err and "no TTA" in err
@@ -177,8 +225,9 @@ def test_tta_stage_reports_foods_beside_mean_and_none(monkeypatch, planted_run, 
     assert metrics["foods"]["mcc"] > 0.8 and metrics["foods"]["mcc"] > metrics["mean"]["mcc"]
     by_variant = {v["variant"]: v for v in report["by_variant"]}
     assert all(by_variant[v]["mean_weight"] < 0.05 for v in OOD)
-    assert all(by_variant[v]["mean_distance"] > 2 * by_variant["clean"]["mean_distance"]
-               for v in OOD)
+    assert all(
+        by_variant[v]["mean_distance"] > 2 * by_variant["clean"]["mean_distance"] for v in OOD
+    )
 
     table = pq.read_table(out).to_pydict()
     assert table["id"][:2] == ["r0", "r1"] and len(table["id"]) == 40
@@ -194,9 +243,26 @@ def test_tta_stage_reports_foods_beside_mean_and_none(monkeypatch, planted_run, 
 def test_tta_options_and_errors(monkeypatch, planted_run, capsys):
     root = planted_run
     out = root / "euc.parquet"
-    code = run_cli(monkeypatch, "tta", "--cache", root / "cache", "--model", root / "run",
-                   "--out", out, "--distance", "euclidean", "--keep", "0.5", "--split", "all",
-                   "--variants", "clean,tta:2", "--no-save-stats", "--no-progress")
+    code = run_cli(
+        monkeypatch,
+        "tta",
+        "--cache",
+        root / "cache",
+        "--model",
+        root / "run",
+        "--out",
+        out,
+        "--distance",
+        "euclidean",
+        "--keep",
+        "0.5",
+        "--split",
+        "all",
+        "--variants",
+        "clean,tta:2",
+        "--no-save-stats",
+        "--no-progress",
+    )
     assert code == 0
     report = json.loads(out.with_suffix(".metrics.json").read_text())
     assert report["variants"] == ["clean", "tta-0", "tta-1"] and report["rows"] == 160
@@ -209,8 +275,18 @@ def test_tta_options_and_errors(monkeypatch, planted_run, capsys):
         (("--split", "val"), "no ok rows in split 'val'"),
         (("--variants", "clean,tta:8"), "no variant 'tta-5'"),
     ):
-        code = run_cli(monkeypatch, "tta", "--cache", root / "cache", "--model", root / "run",
-                       "--out", out, "--no-progress", *args)
+        code = run_cli(
+            monkeypatch,
+            "tta",
+            "--cache",
+            root / "cache",
+            "--model",
+            root / "run",
+            "--out",
+            out,
+            "--no-progress",
+            *args,
+        )
         err = capsys.readouterr().err
         assert code == 2 and words in err, err
         assert len(err.strip().splitlines()) == 1

@@ -35,15 +35,30 @@ def scene():
 
 def test_parse_variants():
     assert parse_variants("clean,aug:2,natix:4,tta:3") == [
-        "clean", "aug-0", "aug-1", "natix-0", "natix-1", "natix-2", "natix-3",
-        "tta-0", "tta-1", "tta-2"]
+        "clean",
+        "aug-0",
+        "aug-1",
+        "natix-0",
+        "natix-1",
+        "natix-2",
+        "natix-3",
+        "tta-0",
+        "tta-1",
+        "tta-2",
+    ]
     assert parse_variants("clean,clean,aug-1") == ["clean", "aug-1"]
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("blur:3", "unknown variant"), ("aug:x", "not a whole number"), ("tta:9", "1 to 8"),
-     ("aug", "needs a count"), ("", "no variants"), ("aug:0", "at least 1")],
+    [
+        ("blur:3", "unknown variant"),
+        ("aug:x", "not a whole number"),
+        ("tta:9", "1 to 8"),
+        ("aug", "needs a count"),
+        ("", "no variants"),
+        ("aug:0", "at least 1"),
+    ],
 )
 def test_bad_variant_specs(spec, message):
     with pytest.raises(UserError, match=message):
@@ -87,8 +102,9 @@ def test_level_0_is_the_centre_square_resized_to_224_as_a_q75_jpeg():
     assert out.size == (CHALLENGE_SIZE, CHALLENGE_SIZE)
     r, g, b = np.asarray(out).reshape(-1, 3).mean(axis=0)
     assert b > 240 and r < 15
-    expected = jpeg_round_trip(img.crop((100, 0, 300, 200)).resize((224, 224),
-                                                                   Image.Resampling.BILINEAR))
+    expected = jpeg_round_trip(
+        img.crop((100, 0, 300, 200)).resize((224, 224), Image.Resampling.BILINEAR)
+    )
     assert np.array_equal(np.asarray(out), np.asarray(expected))
 
 
@@ -111,8 +127,9 @@ def test_levels_1_to_3_draw_the_subnet_parameters(level):
         else:
             assert set(sev) == {"saturation", "contrast", "jpeg", "noise", "blur"}
             assert set(sev.values()) <= {0, 1, 2}
-    angles = [natix_params(level, width, height, np.random.default_rng(s))["angle"]
-              for s in range(300)]
+    angles = [
+        natix_params(level, width, height, np.random.default_rng(s))["angle"] for s in range(300)
+    ]
     assert min(angles) < -15 and max(angles) > 15  # the whole +-20 range is used
 
 
@@ -120,7 +137,8 @@ def test_level_3_uses_every_severity():
     seen = {name: set() for name in ("saturation", "contrast", "jpeg", "noise", "blur")}
     for seed in range(100):
         for name, value in natix_params(3, 100, 100, np.random.default_rng(seed))[
-                "severity"].items():
+            "severity"
+        ].items():
             seen[name].add(value)
     assert all(values == {0, 1, 2} for values in seen.values())
 
@@ -159,8 +177,11 @@ def test_distortions_match_their_parameter_tables():
     # noise of std sqrt(var) on the studio-range YCbCr scale, back through the inverse:
     # Y gains 255/219 of it, chroma 255/224, and R, G, B mix chroma by 1.403 / .714+.344 / 1.773
     sy, sc = np.sqrt(NOISE_VAR[0]) * 255 * 255 / 219, np.sqrt(NOISE_VAR[0]) * 255 * 255 / 224
-    per_channel = [sy**2 + (1.403 * sc) ** 2, sy**2 + (0.714 * sc) ** 2 + (0.344 * sc) ** 2,
-                   sy**2 + (1.773 * sc) ** 2]
+    per_channel = [
+        sy**2 + (1.403 * sc) ** 2,
+        sy**2 + (0.714 * sc) ** 2 + (0.344 * sc) ** 2,
+        sy**2 + (1.773 * sc) ** 2,
+    ]
     assert spreads[0] == pytest.approx(np.sqrt(np.mean(per_channel)), rel=0.05)
     # blur: a bigger kernel blurs more
     step = np.zeros((32, 64, 3), np.uint8)

@@ -70,9 +70,7 @@ def decode_image(
         raise ImageError(f"unreadable image header: {exc}") from None
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageError(
-            f"image refused: {width}x{height} is over the {max_pixels:,} pixel bound"
-        )
+        raise ImageError(f"image refused: {width}x{height} is over the {max_pixels:,} pixel bound")
     if draft_side and img.format == "JPEG":
         img.draft("RGB", (draft_side, draft_side))
     try:

@@ -35,7 +35,7 @@ def _literal(text: str) -> Any:
 
 
 def parse_gps(value: Any) -> tuple[float, float] | None:
-    """"[lat, lon]" (string, list or tuple) -> (lat, lon), or None when missing or invalid."""
+    """ "[lat, lon]" (string, list or tuple) -> (lat, lon), or None when missing or invalid."""
     if _is_null(value):
         return None
     parsed = _literal(value) if isinstance(value, str) else value
@@ -56,7 +56,7 @@ def parse_gps(value: Any) -> tuple[float, float] | None:
 
 
 def parse_tags(value: Any) -> list[str]:
-    """"['Sunny', 'Rainy']", a plain "Sunny", or a list -> ['Sunny', 'Rainy']; NULL -> []."""
+    """ "['Sunny', 'Rainy']", a plain "Sunny", or a list -> ['Sunny', 'Rainy']; NULL -> []."""
     if _is_null(value):
         return []
     if isinstance(value, list | tuple):

@@ -13,9 +13,7 @@ MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 Reader = NatixParquetReader | ImageFolderReader
 
 
-def open_source(
-    spec: str, manifest: str | None = None, splits: list[str] | None = None
-) -> Reader:
+def open_source(spec: str, manifest: str | None = None, splits: list[str] | None = None) -> Reader:
     """Resolve a user's source argument: parquet glob/dir/file, or a folder with a manifest;
     `splits` keeps only the rows of those splits."""
     reader = _open(spec, manifest)
@@ -29,17 +27,20 @@ def select_splits(reader: Reader, splits: list[str]) -> Reader:
     if isinstance(reader, NatixParquetReader):
         unknown = [f.name for f in reader.files if split_from_path(f) is None]
         if unknown:
-            raise UserError(f"cannot tell the split of {unknown[0]} from its name; --splits "
-                            "needs shards named like train-00000-of-00010.parquet")
+            raise UserError(
+                f"cannot tell the split of {unknown[0]} from its name; --splits "
+                "needs shards named like train-00000-of-00010.parquet"
+            )
         files = [f for f in reader.files if split_from_path(f) in wanted]
         if not files:
             raise UserError(f"no parquet shards of split(s) {', '.join(sorted(wanted))}")
         return NatixParquetReader(files)
-    rows = [r for r in reader.rows
-            if SPLIT_NAMES.get(str(r.get("split") or "").lower()) in wanted]
+    rows = [r for r in reader.rows if SPLIT_NAMES.get(str(r.get("split") or "").lower()) in wanted]
     if not rows:
-        raise UserError(f"manifest {reader.manifest} has no rows of split(s) "
-                        f"{', '.join(sorted(wanted))} (in its 'split' column)")
+        raise UserError(
+            f"manifest {reader.manifest} has no rows of split(s) "
+            f"{', '.join(sorted(wanted))} (in its 'split' column)"
+        )
     reader.rows = rows
     return reader
 

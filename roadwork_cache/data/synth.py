@@ -56,7 +56,11 @@ CITIES: tuple[tuple[str, float, float, float, float], ...] = (
 
 # Landscape sizes dominate as in dash-cam / phone footage; 4:3 and portrait appear too.
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = (
-    (640, 360), (480, 270), (800, 450), (640, 480), (360, 640),
+    (640, 360),
+    (480, 270),
+    (800, 450),
+    (640, 480),
+    (360, 640),
 )
 _DEFAULT_SIZE_P = (0.30, 0.15, 0.20, 0.20, 0.15)
 
@@ -102,8 +106,7 @@ def _schema() -> pa.Schema:
         if name == "image":
             features[name] = {"_type": "Image"}
         else:
-            features[name] = {"dtype": "int64" if typ == pa.int64() else "string",
-                              "_type": "Value"}
+            features[name] = {"dtype": "int64" if typ == pa.int64() else "string", "_type": "Value"}
     meta = {"huggingface": json.dumps({"info": {"features": features}}), SYNTH_MARK: "1"}
     return pa.schema([pa.field(c, t) for c, t in types.items()], metadata=meta)
 
@@ -174,24 +177,41 @@ def _pick(rng: np.random.Generator, items: Sequence[Any], p: Sequence[float] | N
 
 def _jit(rng: np.random.Generator, c: Color, a: int = 14) -> Color:
     d = rng.integers(-a, a + 1, size=3)
-    return (min(255, max(0, c[0] + int(d[0]))), min(255, max(0, c[1] + int(d[1]))),
-            min(255, max(0, c[2] + int(d[2]))))
+    return (
+        min(255, max(0, c[0] + int(d[0]))),
+        min(255, max(0, c[1] + int(d[1]))),
+        min(255, max(0, c[2] + int(d[2]))),
+    )
 
 
 def _mix(a: Color, b: Color, t: float) -> Color:
-    return (int(a[0] + (b[0] - a[0]) * t), int(a[1] + (b[1] - a[1]) * t),
-            int(a[2] + (b[2] - a[2]) * t))
+    return (
+        int(a[0] + (b[0] - a[0]) * t),
+        int(a[1] + (b[1] - a[1]) * t),
+        int(a[2] + (b[2] - a[2]) * t),
+    )
 
 
 _ORANGES: tuple[Color, ...] = ((255, 100, 0), (250, 120, 20), (240, 85, 10), (255, 135, 25))
 _WHITE: Color = (240, 240, 235)
 _CAR_COLORS: tuple[Color, ...] = (
-    (235, 235, 235), (25, 25, 28), (160, 162, 168), (95, 97, 102), (150, 20, 25),
-    (30, 55, 120), (35, 70, 45), (200, 190, 160),
+    (235, 235, 235),
+    (25, 25, 28),
+    (160, 162, 168),
+    (95, 97, 102),
+    (150, 20, 25),
+    (30, 55, 120),
+    (35, 70, 45),
+    (200, 190, 160),
 )
 _BUILDING_COLORS: tuple[Color, ...] = (
-    (200, 190, 170), (140, 140, 145), (125, 80, 68), (218, 218, 212), (100, 110, 125),
-    (110, 92, 75), (175, 160, 140),
+    (200, 190, 170),
+    (140, 140, 145),
+    (125, 80, 68),
+    (218, 218, 212),
+    (100, 110, 125),
+    (110, 92, 75),
+    (175, 160, 140),
 )
 
 
@@ -199,12 +219,21 @@ def _side_word(x: float) -> str:
     return "right" if x > 0 else "left"
 
 
-def _sample_layout(rng: np.random.Generator, roadwork: bool, daytime: str, env: str,
-                   weather: list[str], travel: float) -> _Layout:
+def _sample_layout(
+    rng: np.random.Generator,
+    roadwork: bool,
+    daytime: str,
+    env: str,
+    weather: list[str],
+    travel: float,
+) -> _Layout:
     """Everything that stays fixed over a video's frames; `travel` is the distance it covers."""
     lane_w = 3.5
-    lanes = int(rng.integers(3, 6)) if env == "Highway" else (
-        int(rng.integers(2, 5)) if env == "Urban" else 2)
+    lanes = (
+        int(rng.integers(3, 6))
+        if env == "Highway"
+        else (int(rng.integers(2, 5)) if env == "Urban" else 2)
+    )
     cam_lane = int(rng.integers(0, lanes))
     road_l = -(cam_lane + 0.5) * lane_w + float(rng.normal(0, 0.3))
     road_r = road_l + lanes * lane_w
@@ -214,8 +243,10 @@ def _sample_layout(rng: np.random.Generator, roadwork: bool, daytime: str, env: 
     # The worst weather decides the sky: fog over snow over rain over cloud over sun.
     worst = max(weather, key=WEATHERS.index) if weather else "Sunny"
     skies = {
-        "Sunny": ((70, 130, 210), (170, 200, 235)), "Cloudy": ((150, 155, 165), (200, 202, 208)),
-        "Rainy": ((100, 105, 115), (150, 152, 158)), "Foggy": ((195, 197, 200), (215, 216, 218)),
+        "Sunny": ((70, 130, 210), (170, 200, 235)),
+        "Cloudy": ((150, 155, 165), (200, 202, 208)),
+        "Rainy": ((100, 105, 115), (150, 152, 158)),
+        "Foggy": ((195, 197, 200), (215, 216, 218)),
         "Snowy": ((180, 185, 195), (222, 224, 230)),
     }
     top, bottom = skies[worst]
@@ -228,22 +259,39 @@ def _sample_layout(rng: np.random.Generator, roadwork: bool, daytime: str, env: 
         light = 0.28
     fog_dist = {"Foggy": 55.0, "Rainy": 220.0, "Snowy": 180.0}.get(worst, 900.0)
 
-    ground = {"Urban": (125, 123, 118), "Suburban": (95, 130, 70), "Rural": (120, 130, 72),
-              "Highway": (105, 122, 75)}[env]
+    ground = {
+        "Urban": (125, 123, 118),
+        "Suburban": (95, 130, 70),
+        "Rural": (120, 130, 72),
+        "Highway": (105, 122, 75),
+    }[env]
     if "Snowy" in weather:
         ground = (228, 230, 236)
     road = (62, 62, 66) if worst == "Rainy" else (78, 78, 80)
     lay = _Layout(
-        daytime=daytime, env=env, weather=weather,
-        horizon=_u(rng, 0.36, 0.5), vp=_u(rng, 0.42, 0.58),
-        road_l=road_l, road_r=road_r, lanes=lanes, shoulder=shoulder, sidewalk=sidewalk,
-        sky_top=_jit(rng, top, 8), sky_bottom=_jit(rng, bottom, 8), ground=_jit(rng, ground, 10),
-        road=_jit(rng, road, 6), walk=_jit(rng, (160, 158, 150), 10), light=light,
+        daytime=daytime,
+        env=env,
+        weather=weather,
+        horizon=_u(rng, 0.36, 0.5),
+        vp=_u(rng, 0.42, 0.58),
+        road_l=road_l,
+        road_r=road_r,
+        lanes=lanes,
+        shoulder=shoulder,
+        sidewalk=sidewalk,
+        sky_top=_jit(rng, top, 8),
+        sky_bottom=_jit(rng, bottom, 8),
+        ground=_jit(rng, ground, 10),
+        road=_jit(rng, road, 6),
+        walk=_jit(rng, (160, 158, 150), 10),
+        light=light,
         fog_dist=fog_dist,
     )
     if "Cloudy" in weather and daytime != "Dark":  # (x, y, rx, ry) as image fractions
-        lay.clouds = [(_u(rng, 0, 1), _u(rng, 0, 0.7), _u(rng, 0.05, 0.15), _u(rng, 0.03, 0.08))
-                      for _ in range(int(rng.integers(2, 6)))]
+        lay.clouds = [
+            (_u(rng, 0, 1), _u(rng, 0, 0.7), _u(rng, 0.05, 0.15), _u(rng, 0.03, 0.08))
+            for _ in range(int(rng.integers(2, 6)))
+        ]
     zmax = 170.0 + travel
     _add_scenery(rng, lay, zmax)
     _add_cars(rng, lay)
@@ -264,23 +312,52 @@ def _add_scenery(rng: np.random.Generator, lay: _Layout, zmax: float) -> None:
                 if rng.random() < 0.85:
                     c = _jit(rng, _pick(rng, _BUILDING_COLORS))
                     h = _u(rng, 8, 40)
-                    things.append(_Thing("facade", edge + sign * 0.3, z, 0, h, d, c,
-                                         extra=1.0 if rng.random() < 0.05 else 0.0))
+                    things.append(
+                        _Thing(
+                            "facade",
+                            edge + sign * 0.3,
+                            z,
+                            0,
+                            h,
+                            d,
+                            c,
+                            extra=1.0 if rng.random() < 0.05 else 0.0,
+                        )
+                    )
                 z += d + _u(rng, 0, 4)
         elif env == "Suburban":  # set-back houses with trees in front
             while z < zmax:
                 d = _u(rng, 8, 15)
                 c = _jit(rng, _pick(rng, _BUILDING_COLORS))
-                things.append(_Thing("facade", edge + sign * _u(rng, 5, 12), z, 0,
-                                     _u(rng, 4.5, 8), d, c))
+                things.append(
+                    _Thing("facade", edge + sign * _u(rng, 5, 12), z, 0, _u(rng, 4.5, 8), d, c)
+                )
                 z += d + _u(rng, 5, 15)
         elif env == "Rural" and rng.random() < 0.35:  # the odd barn
-            things.append(_Thing("facade", edge + sign * _u(rng, 8, 25), _u(rng, 15, 120), 0,
-                                 _u(rng, 5, 9), _u(rng, 10, 20),
-                                 _jit(rng, _pick(rng, ((120, 45, 40), (150, 150, 145))))))
+            things.append(
+                _Thing(
+                    "facade",
+                    edge + sign * _u(rng, 8, 25),
+                    _u(rng, 15, 120),
+                    0,
+                    _u(rng, 5, 9),
+                    _u(rng, 10, 20),
+                    _jit(rng, _pick(rng, ((120, 45, 40), (150, 150, 145)))),
+                )
+            )
         elif env == "Highway" and rng.random() < 0.4:  # sound wall
-            things.append(_Thing("facade", edge + sign * _u(rng, 2, 4), _u(rng, 0, 30), 0,
-                                 _u(rng, 3, 5), zmax, _jit(rng, (150, 148, 140)), extra=-1.0))
+            things.append(
+                _Thing(
+                    "facade",
+                    edge + sign * _u(rng, 2, 4),
+                    _u(rng, 0, 30),
+                    0,
+                    _u(rng, 3, 5),
+                    zmax,
+                    _jit(rng, (150, 148, 140)),
+                    extra=-1.0,
+                )
+            )
         # Trees: density by environment; snow whitens the canopies.
         n_trees = {"Urban": 3, "Suburban": 9, "Rural": 12, "Highway": 5}[env]
         for _ in range(int(rng.integers(n_trees // 2, n_trees + 1))):
@@ -289,23 +366,36 @@ def _add_scenery(rng: np.random.Generator, lay: _Layout, zmax: float) -> None:
             green = _jit(rng, (55, 95, 45), 18)
             if "Snowy" in lay.weather:
                 green = _mix(green, (235, 238, 242), 0.6)
-            things.append(_Thing("tree", edge + sign * off, _u(rng, 3, zmax), r,
-                                 _u(rng, 1.8, 3.5), color=green))
+            things.append(
+                _Thing(
+                    "tree", edge + sign * off, _u(rng, 3, zmax), r, _u(rng, 1.8, 3.5), color=green
+                )
+            )
         # Street lights / utility poles at a regular spacing.
         if env != "Highway" or sign < 0:
             step = _u(rng, 25, 45)
             z = _u(rng, 2, step)
             while z < zmax:
-                things.append(_Thing("pole", edge + sign * 0.5 if env != "Highway"
-                                     else lay.road_l - lay.shoulder - 0.8, z, 0.2,
-                                     _u(rng, 7, 9), color=(90, 90, 92),
-                                     extra=-sign))
+                things.append(
+                    _Thing(
+                        "pole",
+                        edge + sign * 0.5 if env != "Highway" else lay.road_l - lay.shoulder - 0.8,
+                        z,
+                        0.2,
+                        _u(rng, 7, 9),
+                        color=(90, 90, 92),
+                        extra=-sign,
+                    )
+                )
                 z += step
 
 
 def _add_cars(rng: np.random.Generator, lay: _Layout) -> None:
-    n = int(rng.integers(*{"Urban": (2, 8), "Suburban": (0, 4), "Rural": (0, 3),
-                           "Highway": (2, 7)}[lay.env]))
+    n = int(
+        rng.integers(
+            *{"Urban": (2, 8), "Suburban": (0, 4), "Rural": (0, 3), "Highway": (2, 7)}[lay.env]
+        )
+    )
     for _ in range(n):
         lane = int(rng.integers(0, lay.lanes))
         x = lay.road_l + (lane + 0.5) * 3.5 + float(rng.normal(0, 0.2))
@@ -313,9 +403,18 @@ def _add_cars(rng: np.random.Generator, lay: _Layout) -> None:
         # Orange cars are rare, so orange alone is not a perfect roadwork cue.
         c = _jit(rng, (235, 120, 25) if rng.random() < 0.06 else _pick(rng, _CAR_COLORS), 10)
         truck = rng.random() < 0.15
-        lay.things.append(_Thing("car", x, z, 2.4 if truck else _u(rng, 1.7, 1.95),
-                                 3.2 if truck else _u(rng, 1.35, 1.8), color=c, moving=True,
-                                 extra=1.0 if truck else 0.0))
+        lay.things.append(
+            _Thing(
+                "car",
+                x,
+                z,
+                2.4 if truck else _u(rng, 1.7, 1.95),
+                3.2 if truck else _u(rng, 1.35, 1.8),
+                color=c,
+                moving=True,
+                extra=1.0 if truck else 0.0,
+            )
+        )
 
 
 def _add_roadwork(rng: np.random.Generator, lay: _Layout, travel: float) -> None:
@@ -334,12 +433,16 @@ def _add_roadwork(rng: np.random.Generator, lay: _Layout, travel: float) -> None
         if kind in ("cone_line", "drum_line"):
             cone = kind == "cone_line"
             x0 = edge
-            sentence = (f"Line of cones on {side} side of road." if cone
-                        else f"Drums along {side} side of road.")
+            sentence = (
+                f"Line of cones on {side} side of road."
+                if cone
+                else f"Drums along {side} side of road."
+            )
             if dividers and rng.random() < 0.3:
                 x0 = _pick(rng, dividers)
-                sentence = ("Cones along the lane divider." if cone
-                            else "Drums separating traffic lanes.")
+                sentence = (
+                    "Cones along the lane divider." if cone else "Drums separating traffic lanes."
+                )
             # A taper drifts into the lane, as at the start of a lane closure.
             taper = _u(rng, -2.5, 2.5) if rng.random() < 0.35 else 0.0
             if taper:
@@ -351,37 +454,69 @@ def _add_roadwork(rng: np.random.Generator, lay: _Layout, travel: float) -> None
             w = h * 0.55 if cone else _u(rng, 0.55, 0.65)
             for i in range(count):
                 x = x0 + taper * min(1.0, i / 4.0)
-                items.append(_Thing("cone" if cone else "drum", x, z0 + i * spacing, w, h,
-                                    color=color))
+                items.append(
+                    _Thing("cone" if cone else "drum", x, z0 + i * spacing, w, h, color=color)
+                )
         elif kind == "barrier":
             lane_l = lay.road_l if right is False else lay.road_r - 3.5
             k = int(rng.integers(1, 4))
             bw = 3.2 / k
-            sentence = ("Barrier in front of work zone." if k == 1
-                        else f"Barriers blocking the {side} lane.")
+            sentence = (
+                "Barrier in front of work zone."
+                if k == 1
+                else f"Barriers blocking the {side} lane."
+            )
             for i in range(k):
-                items.append(_Thing("barrier", lane_l + (i + 0.5) * bw + 0.15, z0,
-                                     bw * 0.9, _u(rng, 1.0, 1.4), color=color))
-            lay.patches.append(_Thing("patch", lane_l + 1.75, z0 + 1.0, 3.2, 0,
-                                      _u(rng, 6, 25), _jit(rng, (118, 92, 66), 10), group=g))
+                items.append(
+                    _Thing(
+                        "barrier",
+                        lane_l + (i + 0.5) * bw + 0.15,
+                        z0,
+                        bw * 0.9,
+                        _u(rng, 1.0, 1.4),
+                        color=color,
+                    )
+                )
+            lay.patches.append(
+                _Thing(
+                    "patch",
+                    lane_l + 1.75,
+                    z0 + 1.0,
+                    3.2,
+                    0,
+                    _u(rng, 6, 25),
+                    _jit(rng, (118, 92, 66), 10),
+                    group=g,
+                )
+            )
         elif kind == "sign":
             k = int(rng.integers(1, 3))
             x = (lay.road_r + lay.shoulder + 0.8) if right else (lay.road_l - lay.shoulder - 0.8)
             sentence = f"Roadwork ahead sign on {side} side of road."
             for i in range(k):
-                items.append(_Thing("sign", x, z0 + i * _u(rng, 20, 40), _u(rng, 0.8, 1.2),
-                                    _u(rng, 1.8, 2.4), color=color))
+                items.append(
+                    _Thing(
+                        "sign",
+                        x,
+                        z0 + i * _u(rng, 20, 40),
+                        _u(rng, 0.8, 1.2),
+                        _u(rng, 1.8, 2.4),
+                        color=color,
+                    )
+                )
         else:  # work area: a dug-up patch ringed by cones and a drum or two
             length = _u(rng, 5, 15)
             xc = edge - 1.6 if right else edge + 1.6
             sentence = f"Cones around work area on {side} side of road."
-            lay.patches.append(_Thing("patch", xc, z0, 2.6, 0, length,
-                                      _jit(rng, (118, 92, 66), 10), group=g))
+            lay.patches.append(
+                _Thing("patch", xc, z0, 2.6, 0, length, _jit(rng, (118, 92, 66), 10), group=g)
+            )
             for i in range(int(rng.integers(4, 9))):
                 t = i / 3.0
                 x = xc + (1.6 if i % 2 else -1.6)
-                items.append(_Thing("cone", x, z0 + t * length / 2, 0.35, _u(rng, 0.5, 0.8),
-                                    color=color))
+                items.append(
+                    _Thing("cone", x, z0 + t * length / 2, 0.35, _u(rng, 0.5, 0.8), color=color)
+                )
             if rng.random() < 0.5:
                 items.append(_Thing("drum", xc, z0 + length + 0.5, 0.6, 1.0, color=color))
         # Keep something of every group in view until the last frame of the video.
@@ -429,10 +564,18 @@ class _Cam:
         return (int(r + (fog[0] - r) * t), int(g + (fog[1] - g) * t), int(b + (fog[2] - b) * t))
 
 
-def _ground_quad(d: ImageDraw.ImageDraw, cam: _Cam, x0: float, x1: float, z0: float, z1: float,
-                 color: Color) -> None:
-    d.polygon([(cam.x(x0, z0), cam.y(z0)), (cam.x(x1, z0), cam.y(z0)),
-               (cam.x(x1, z1), cam.y(z1)), (cam.x(x0, z1), cam.y(z1))], fill=color)
+def _ground_quad(
+    d: ImageDraw.ImageDraw, cam: _Cam, x0: float, x1: float, z0: float, z1: float, color: Color
+) -> None:
+    d.polygon(
+        [
+            (cam.x(x0, z0), cam.y(z0)),
+            (cam.x(x1, z0), cam.y(z0)),
+            (cam.x(x1, z1), cam.y(z1)),
+            (cam.x(x0, z1), cam.y(z1)),
+        ],
+        fill=color,
+    )
 
 
 # Depth bands for ground strips, so fog and headlights fade with distance.
@@ -451,8 +594,9 @@ def _gradient(top: Color, bottom: Color, width: int, height: int) -> Image.Image
     return strip.resize((width, max(1, height)), Image.Resampling.NEAREST)
 
 
-def _draw(lay: _Layout, width: int, height: int, travelled: float,
-          rng: np.random.Generator) -> tuple[Image.Image, str]:
+def _draw(
+    lay: _Layout, width: int, height: int, travelled: float, rng: np.random.Generator
+) -> tuple[Image.Image, str]:
     """Render one frame after the camera has moved `travelled` metres; return it and its text."""
     cam = _Cam(lay, width, height, rng)
     img = Image.new("RGB", (width, height), cam.shade(lay.ground, 30.0))
@@ -461,8 +605,9 @@ def _draw(lay: _Layout, width: int, height: int, travelled: float,
     d = ImageDraw.Draw(img)
     for fx, fy, frx, fry in lay.clouds:
         cx, cy, rx, ry = fx * width, fy * hy, frx * width, fry * height
-        d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry],
-                  fill=_mix(lay.sky_top, (235, 235, 238), 0.5))
+        d.ellipse(
+            [cx - rx, cy - ry, cx + rx, cy + ry], fill=_mix(lay.sky_top, (235, 235, 238), 0.5)
+        )
 
     # Ground: field / sidewalk / shoulder+road, then markings and dug-up patches.
     gl, gr = lay.road_l - lay.shoulder, lay.road_r + lay.shoulder
@@ -473,8 +618,15 @@ def _draw(lay: _Layout, width: int, height: int, travelled: float,
     mark_far = 140.0
     line_c = (235, 235, 230)
     for xe in (lay.road_l, lay.road_r):
-        _ground_quad(d, cam, xe - 0.08, xe + 0.08, max(1.0, cam.z_bottom * 0.8), mark_far,
-                     cam.shade(line_c, 20.0))
+        _ground_quad(
+            d,
+            cam,
+            xe - 0.08,
+            xe + 0.08,
+            max(1.0, cam.z_bottom * 0.8),
+            mark_far,
+            cam.shade(line_c, 20.0),
+        )
     phase = travelled % 12.0
     for i in range(1, lay.lanes):
         xb = lay.road_l + i * 3.5
@@ -488,8 +640,15 @@ def _draw(lay: _Layout, width: int, height: int, travelled: float,
         z0 = p.z - travelled
         z1 = z0 + p.d
         if z1 > 1.0:
-            _ground_quad(d, cam, p.x - p.w / 2, p.x + p.w / 2, max(z0, 1.0), z1,
-                         cam.shade(p.color, max(z0, 1.0)))
+            _ground_quad(
+                d,
+                cam,
+                p.x - p.w / 2,
+                p.x + p.w / 2,
+                max(z0, 1.0),
+                z1,
+                cam.shade(p.color, max(z0, 1.0)),
+            )
 
     # Upright things, far to near (painter's algorithm).
     visible: set[int] = set()
@@ -529,8 +688,15 @@ def _draw_facade(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> None
         return
     x = t.x
     c = cam.shade(t.color, z0 + min(t.d, 60.0) / 2)
-    d.polygon([(cam.x(x, z0), cam.y(z0)), (cam.x(x, z1), cam.y(z1)),
-               (cam.x(x, z1), cam.y(z1, t.h)), (cam.x(x, z0), cam.y(z0, t.h))], fill=c)
+    d.polygon(
+        [
+            (cam.x(x, z0), cam.y(z0)),
+            (cam.x(x, z1), cam.y(z1)),
+            (cam.x(x, z1), cam.y(z1, t.h)),
+            (cam.x(x, z0), cam.y(z0, t.h)),
+        ],
+        fill=c,
+    )
     if t.extra < 0:  # sound wall: no windows
         return
     # Window bands per floor (at most 8 drawn, so tall buildings stay cheap).
@@ -543,12 +709,25 @@ def _draw_facade(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> None
         return
     for k in range(0, floors, max(1, floors // 8)):
         y0, y1 = k * 3.3 + 1.1, k * 3.3 + 2.3
-        d.polygon([(cam.x(x, za), cam.y(za, y0)), (cam.x(x, zb), cam.y(zb, y0)),
-                   (cam.x(x, zb), cam.y(zb, y1)), (cam.x(x, za), cam.y(za, y1))], fill=win)
+        d.polygon(
+            [
+                (cam.x(x, za), cam.y(za, y0)),
+                (cam.x(x, zb), cam.y(zb, y0)),
+                (cam.x(x, zb), cam.y(zb, y1)),
+                (cam.x(x, za), cam.y(za, y1)),
+            ],
+            fill=win,
+        )
     if t.extra > 0:  # a rare orange shop awning on a negative or positive scene alike
-        d.polygon([(cam.x(x, za), cam.y(za, 3.2)), (cam.x(x, zb), cam.y(zb, 3.2)),
-                   (cam.x(x, zb), cam.y(zb, 2.5)), (cam.x(x, za), cam.y(za, 2.5))],
-                  fill=cam.shade((245, 115, 20), z0))
+        d.polygon(
+            [
+                (cam.x(x, za), cam.y(za, 3.2)),
+                (cam.x(x, zb), cam.y(zb, 3.2)),
+                (cam.x(x, zb), cam.y(zb, 2.5)),
+                (cam.x(x, za), cam.y(za, 2.5)),
+            ],
+            fill=cam.shade((245, 115, 20), z0),
+        )
 
 
 def _draw_tree(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> None:
@@ -580,10 +759,19 @@ def _draw_car(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> None:
         d.rectangle([xc - hw, yb - h, xc + hw, yb - 0.35 * s], fill=body)
     else:
         d.rectangle([xc - hw, yb - 0.62 * h, xc + hw, yb - 0.22 * s], fill=body)
-        d.polygon([(xc - hw * 0.85, yb - 0.62 * h), (xc + hw * 0.85, yb - 0.62 * h),
-                   (xc + hw * 0.7, yb - h), (xc - hw * 0.7, yb - h)], fill=body)
-        d.rectangle([xc - hw * 0.7, yb - 0.95 * h, xc + hw * 0.7, yb - 0.66 * h],
-                    fill=cam.shade((35, 40, 48), z))
+        d.polygon(
+            [
+                (xc - hw * 0.85, yb - 0.62 * h),
+                (xc + hw * 0.85, yb - 0.62 * h),
+                (xc + hw * 0.7, yb - h),
+                (xc - hw * 0.7, yb - h),
+            ],
+            fill=body,
+        )
+        d.rectangle(
+            [xc - hw * 0.7, yb - 0.95 * h, xc + hw * 0.7, yb - 0.66 * h],
+            fill=cam.shade((35, 40, 48), z),
+        )
     wheel = (15, 15, 15)
     d.rectangle([xc - hw, yb - 0.35 * s, xc - hw * 0.6, yb], fill=wheel)
     d.rectangle([xc + hw * 0.6, yb - 0.35 * s, xc + hw, yb], fill=wheel)
@@ -606,8 +794,15 @@ def _draw_cone(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> None:
     # White reflective collar between 45 % and 65 % of the height.
     f0, f1 = 0.45, 0.65
     w0, w1 = bw + (tw - bw) * f0, bw + (tw - bw) * f1
-    d.polygon([(xc - w0, yb - f0 * h), (xc + w0, yb - f0 * h), (xc + w1, yb - f1 * h),
-               (xc - w1, yb - f1 * h)], fill=cam.shade(_WHITE, z, reflective=True))
+    d.polygon(
+        [
+            (xc - w0, yb - f0 * h),
+            (xc + w0, yb - f0 * h),
+            (xc + w1, yb - f1 * h),
+            (xc - w1, yb - f1 * h),
+        ],
+        fill=cam.shade(_WHITE, z, reflective=True),
+    )
     if h > 8:
         d.rectangle([xc - bw * 1.25, yb - 0.06 * s, xc + bw * 1.25, yb], fill=(25, 25, 25))
 
@@ -622,8 +817,10 @@ def _draw_drum(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> None:
         return
     white = cam.shade(_WHITE, z, reflective=True)
     for k in range(5):  # orange / white bands, orange at top and bottom
-        d.rectangle([xc - hw, yb - (k + 1) * h / 5, xc + hw, yb - k * h / 5],
-                    fill=orange if k % 2 == 0 else white)
+        d.rectangle(
+            [xc - hw, yb - (k + 1) * h / 5, xc + hw, yb - k * h / 5],
+            fill=orange if k % 2 == 0 else white,
+        )
     d.ellipse([xc - hw, yb - h - hw * 0.3, xc + hw, yb - h + hw * 0.3], fill=orange)
 
 
@@ -650,8 +847,15 @@ def _draw_barrier(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> Non
         xs = xc - hw
         while xs < xc + hw - sw * 0.5:
             x_hi = min(xs + sw, xc + hw)
-            d.polygon([(xs, y1), (x_hi, y1), (min(x_hi + sw * 0.6, xc + hw), y0),
-                       (min(xs + sw * 0.6, xc + hw), y0)], fill=orange)
+            d.polygon(
+                [
+                    (xs, y1),
+                    (x_hi, y1),
+                    (min(x_hi + sw * 0.6, xc + hw), y0),
+                    (min(xs + sw * 0.6, xc + hw), y0),
+                ],
+                fill=orange,
+            )
             xs += 2 * sw
 
 
@@ -674,8 +878,14 @@ def _draw_sign(d: ImageDraw.ImageDraw, cam: _Cam, t: _Thing, z: float) -> None:
 
 
 _DRAWERS: dict[str, Callable[[ImageDraw.ImageDraw, _Cam, _Thing, float], None]] = {
-    "facade": _draw_facade, "tree": _draw_tree, "pole": _draw_pole, "car": _draw_car,
-    "cone": _draw_cone, "drum": _draw_drum, "barrier": _draw_barrier, "sign": _draw_sign,
+    "facade": _draw_facade,
+    "tree": _draw_tree,
+    "pole": _draw_pole,
+    "car": _draw_car,
+    "cone": _draw_cone,
+    "drum": _draw_drum,
+    "barrier": _draw_barrier,
+    "sign": _draw_sign,
 }
 
 
@@ -691,8 +901,7 @@ def _random_tags(rng: np.random.Generator) -> tuple[str, str, list[str]]:
     return daytime, env, weather
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int,
-                 roadwork: bool) -> Image.Image:
+def render_scene(rng: np.random.Generator, width: int, height: int, roadwork: bool) -> Image.Image:
     """Draw one random road scene of `width` x `height`, with roadwork objects if `roadwork`."""
     daytime, env, weather = _random_tags(rng)
     lay = _sample_layout(rng, roadwork, daytime, env, weather, travel=0.0)
@@ -753,8 +962,9 @@ def _hour(rng: np.random.Generator, daytime: str) -> int:
     return int(_pick(rng, (20, 21, 22, 23, 0, 1, 2, 4, 5)))
 
 
-def _video_rows(v: _Video, seed: int, sizes: Sequence[tuple[int, int]],
-                size_p: Sequence[float] | None) -> Iterator[dict[str, Any]]:
+def _video_rows(
+    v: _Video, seed: int, sizes: Sequence[tuple[int, int]], size_p: Sequence[float] | None
+) -> Iterator[dict[str, Any]]:
     rng = np.random.default_rng([seed, v.index])
     weights = np.array([c[3] if v.split == "train" else c[4] for c in CITIES])
     city, clat, clon, _, _ = CITIES[int(rng.choice(len(CITIES), p=weights / weights.sum()))]
@@ -768,9 +978,12 @@ def _video_rows(v: _Video, seed: int, sizes: Sequence[tuple[int, int]],
         day = int(_pick(rng, (*range(0, 60), *range(334, 366))))
     else:
         day = int(rng.integers(0, 366))
-    start = datetime(2024, 1, 1) + timedelta(days=day, hours=_hour(rng, daytime),
-                                             minutes=int(rng.integers(0, 60)),
-                                             seconds=int(rng.integers(0, 60)))
+    start = datetime(2024, 1, 1) + timedelta(
+        days=day,
+        hours=_hour(rng, daytime),
+        minutes=int(rng.integers(0, 60)),
+        seconds=int(rng.integers(0, 60)),
+    )
     interval = int(rng.integers(1, 4))
     roadwork = v.label == 1
     alteration = None
@@ -810,7 +1023,8 @@ def _video_rows(v: _Video, seed: int, sizes: Sequence[tuple[int, int]],
             "flickr_url": "",
             "coco_url": "",
             "date_captured": (start + timedelta(seconds=k * interval)).strftime(
-                "%Y-%m-%d %H:%M:%S"),
+                "%Y-%m-%d %H:%M:%S"
+            ),
             "gps": gps,
             "city_name": city,
             "scene_description": text if roadwork else "",
@@ -826,8 +1040,7 @@ def _video_rows(v: _Video, seed: int, sizes: Sequence[tuple[int, int]],
 
 
 def _table(batch: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pydict({c: [r[c] for r in batch] for c in NATIX_COLUMNS},
-                                schema=SCHEMA)
+    return pa.Table.from_pydict({c: [r[c] for r in batch] for c in NATIX_COLUMNS}, schema=SCHEMA)
 
 
 def _check_sizes(sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
@@ -847,9 +1060,16 @@ def _check_sizes(sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int
     return out
 
 
-def write_synthetic(out: Path, rows: int, seed: int = 0, *, shard_rows: int = 256,
-                    test_fraction: float = 0.25, sizes: Sequence[tuple[int, int]] | None = None,
-                    progress: Callable[[int], None] | None = None) -> list[Path]:
+def write_synthetic(
+    out: Path,
+    rows: int,
+    seed: int = 0,
+    *,
+    shard_rows: int = 256,
+    test_fraction: float = 0.25,
+    sizes: Sequence[tuple[int, int]] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
     """Write `rows` rows as parquet shards in `out`; return the paths.
 
     Shards are named like the real ones, `train-00000-of-0000K.parquet` and

@@ -22,11 +22,20 @@ from roadwork_cache.errors import UserError
 from roadwork_cache.progress import console
 
 # A head small enough to train in seconds per epoch on two CPU cores.
-DEMO_HEAD: dict[str, Any] = {"dim": 64, "layers": 1, "heads": 4, "pyramid_dims": [64, 32],
-                             "fusion_dim": 64, "classifier_dim": 32, "gate_dim": 32}
-RANDOM_WEIGHTS = ("The tiny backbone has random weights: every score in this demo is a "
-                  "demonstration of the machinery, not of quality. Use a real DINOv3 preset "
-                  "with --weights for meaningful numbers.")
+DEMO_HEAD: dict[str, Any] = {
+    "dim": 64,
+    "layers": 1,
+    "heads": 4,
+    "pyramid_dims": [64, 32],
+    "fusion_dim": 64,
+    "classifier_dim": 32,
+    "gate_dim": 32,
+}
+RANDOM_WEIGHTS = (
+    "The tiny backbone has random weights: every score in this demo is a "
+    "demonstration of the machinery, not of quality. Use a real DINOv3 preset "
+    "with --weights for meaningful numbers."
+)
 N_PREDICT_IMAGES = 4
 
 
@@ -87,9 +96,19 @@ def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path 
     out.mkdir(parents=True, exist_ok=True)
     members = out.parent / "ensemble-members.json"
     members.write_text(json.dumps(DEMO_MEMBERS, indent=2))
-    result = run_ensemble(EnsembleOptions(
-        cache=cache, out=out, members=str(members), folds=3, seed=opts.seed,
-        head=dict(opts.head), train=train, device=opts.device, progress=opts.progress))
+    result = run_ensemble(
+        EnsembleOptions(
+            cache=cache,
+            out=out,
+            members=str(members),
+            folds=3,
+            seed=opts.seed,
+            head=dict(opts.head),
+            train=train,
+            device=opts.device,
+            progress=opts.progress,
+        )
+    )
     console.print(result["table"])
     return Path(result["out"])
 
@@ -106,8 +125,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
 
     variants = parse_variants(opts.variants)
     if not any(v.startswith("tta-") for v in variants):
-        raise UserError("the demo needs tta variants for its tta step, e.g. --variants "
-                        "clean,tta:4")
+        raise UserError("the demo needs tta variants for its tta step, e.g. --variants clean,tta:4")
     out = Path(opts.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; give the demo a new folder")
@@ -122,21 +140,38 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
 
     step("2. extract: tiny backbone, 12 views per image and variant, into a Zarr cache")
     cache = out / "cache"
-    summary = run_extract(ExtractConfig(
-        source=str(data), cache=cache, backbone="tiny", view_size=opts.view_size,
-        variants=variants, text=opts.text, device=opts.device, progress=opts.progress,
-        shard_rows=128))
+    summary = run_extract(
+        ExtractConfig(
+            source=str(data),
+            cache=cache,
+            backbone="tiny",
+            view_size=opts.view_size,
+            variants=variants,
+            text=opts.text,
+            device=opts.device,
+            progress=opts.progress,
+            shard_rows=128,
+        )
+    )
     if summary is not None:
         console.print(summary_table(summary))
     where["feature cache"] = cache
 
     step("3. train-head: a small head from the cache alone")
     run = out / "runs" / "head"
-    train = TrainConfig(epochs=opts.epochs, batch_size=32, lr=1e-3, seed=opts.seed,
-                        patience=opts.epochs)
-    result = run_train_head(TrainHeadOptions(
-        cache=cache, out=run, head=dict(opts.head), train=train, device=opts.device,
-        progress=opts.progress))
+    train = TrainConfig(
+        epochs=opts.epochs, batch_size=32, lr=1e-3, seed=opts.seed, patience=opts.epochs
+    )
+    result = run_train_head(
+        TrainHeadOptions(
+            cache=cache,
+            out=run,
+            head=dict(opts.head),
+            train=train,
+            device=opts.device,
+            progress=opts.progress,
+        )
+    )
     console.print(result["table"])
     where["train-head run"] = run
 
@@ -149,8 +184,16 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
 
     step("5. tta: FOODS beside mean-TTA and no TTA, on the test split")
     preds = out / "preds" / "test.parquet"
-    tta = run_tta(TtaOptions(cache=cache, model=model, out=preds, split="test",
-                             device=opts.device, progress=opts.progress))
+    tta = run_tta(
+        TtaOptions(
+            cache=cache,
+            model=model,
+            out=preds,
+            split="test",
+            device=opts.device,
+            progress=opts.progress,
+        )
+    )
     if tta["table"] is not None:
         console.print(tta["table"])
     console.print(tta["variant_table"])
@@ -161,9 +204,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
 
     step("6. predict: image files in, the miner's probability out (with on-the-fly TTA)")
     images = write_demo_images(data, out / "images", N_PREDICT_IMAGES)
-    answers, predictor = run_predict(PredictOptions(
-        inputs=[str(out / "images")], model=model, tta=True, device=opts.device,
-        progress=False))
+    answers, predictor = run_predict(
+        PredictOptions(
+            inputs=[str(out / "images")], model=model, tta=True, device=opts.device, progress=False
+        )
+    )
     for note in predictor.notes:
         console.print(f"note: {note}")
     console.print(answers_table(answers, predictor))

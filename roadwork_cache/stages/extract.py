@@ -92,8 +92,12 @@ def default_workers(device: torch.device) -> int:
 def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> dict[str, Any]:
     return {
         "backbone": backbone.info,
-        "views": {"layout": LAYOUT, "n_views": N_VIEWS, "names": list(VIEW_NAMES),
-                  "view_size": backbone.info["view_size"]},
+        "views": {
+            "layout": LAYOUT,
+            "n_views": N_VIEWS,
+            "names": list(VIEW_NAMES),
+            "view_size": backbone.info["view_size"],
+        },
         "variants": {},
         "text_model": "all-MiniLM-L6-v2" if cfg.text else None,
         "source": source,
@@ -200,8 +204,14 @@ def extract_variants(
     them all, so the decoding workers start once."""
     if not variants:
         return
-    loader = view_loader(samples, backbone.info["view_size"], batch_size, workers,
-                         backbone.device.type == "cuda", variants)
+    loader = view_loader(
+        samples,
+        backbone.info["view_size"],
+        batch_size,
+        workers,
+        backbone.device.type == "cuda",
+        variants,
+    )
     batches = backbone_features(loader, backbone)
     for variant, group in itertools.groupby(batches, key=lambda pair: pair[0].variant):
         feats = np.zeros((len(samples), N_VIEWS, backbone.feature_dim), dtype=np.float32)
@@ -210,24 +220,27 @@ def extract_variants(
             if out is not None:
                 feats[batch.indices] = out
             for item in batch.items:
-                rows[item.index] = sample_row(samples[item.index], item.width, item.height,
-                                              item.error)
+                rows[item.index] = sample_row(
+                    samples[item.index], item.width, item.height, item.error
+                )
             advance(len(batch.items))
         yield variant, feats, rows  # type: ignore[misc]
 
 
-def open_or_create(
-    cfg: ExtractConfig, backbone: FrozenBackbone, n_rows: int, source: str
-) -> Cache:
+def open_or_create(cfg: ExtractConfig, backbone: FrozenBackbone, n_rows: int, source: str) -> Cache:
     """Rank 0's job: the cache exists, matches this run, and has an array per variant."""
     if (cfg.cache / "zarr.json").is_file():
         cache = Cache.open(cfg.cache, mode="a")
         check_compatible(cache, backbone, n_rows)
     else:
         cache = Cache.create(
-            cfg.cache, n_rows=n_rows, n_views=N_VIEWS, feature_dim=backbone.feature_dim,
+            cfg.cache,
+            n_rows=n_rows,
+            n_views=N_VIEWS,
+            feature_dim=backbone.feature_dim,
             attrs=cache_attrs(cfg, backbone, source),
-            shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows,
+            shard_rows=cfg.shard_rows,
+            chunk_rows=cfg.chunk_rows,
         )
     recipes = dict(cache.attrs.get("variants", {}))
     for name in cfg.variants:
@@ -283,16 +296,20 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
         cores = (os.cpu_count() or 1) // ranks.world
         torch.set_num_threads(max(1, cores - workers))
     if ranks.is_main:
-        console.print(f"source: {reader.describe()}; extracting {n_rows} rows x "
-                      f"{len(cfg.variants)} variant(s) on {device}"
-                      + (f" with {ranks.world} ranks" if ranks.distributed else ""))
+        console.print(
+            f"source: {reader.describe()}; extracting {n_rows} rows x "
+            f"{len(cfg.variants)} variant(s) on {device}"
+            + (f" with {ranks.world} ranks" if ranks.distributed else "")
+        )
 
     backbone = load_backbone(
         cfg.backbone, cfg.weights, pool=cfg.pool, view_size=cfg.view_size, device=device
     )
     if backbone.info.get("random_init") and ranks.is_main:
-        console.print("[yellow]warning: the tiny backbone has random weights: features "
-                      "demonstrate the machinery, not image understanding")
+        console.print(
+            "[yellow]warning: the tiny backbone has random weights: features "
+            "demonstrate the machinery, not image understanding"
+        )
 
     lock = writer_lock(cfg.cache) if ranks.is_main else contextlib.nullcontext()
     try:
@@ -308,8 +325,13 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
                 from roadwork_cache.text import TextEncoder
 
                 text_encoder = TextEncoder(device=str(device))
-            summary = ExtractSummary(cfg.cache, n_rows, len(cache.shards()), len(work),
-                                     random_init=bool(backbone.info.get("random_init")))
+            summary = ExtractSummary(
+                cfg.cache,
+                n_rows,
+                len(cache.shards()),
+                len(work),
+                random_init=bool(backbone.info.get("random_init")),
+            )
             start = time.perf_counter()
             images = 0
             total = sum(len(shard) * max(len(todo), 1) for shard, todo in mine)
@@ -323,8 +345,9 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
                     bar.update(task, advance=n, rate=f"{rate:.1f} img/s")
 
                 for shard, todo in mine:
-                    write_shard(cache, shard, todo, reader, backbone, text_encoder, cfg,
-                                workers, advance)
+                    write_shard(
+                        cache, shard, todo, reader, backbone, text_encoder, cfg, workers, advance
+                    )
             summary.seconds = time.perf_counter() - start
             summary.images_per_s = images / summary.seconds if images else 0.0
             ranks.barrier()  # every shard is written before rank 0 merges the sample rows
@@ -357,8 +380,9 @@ def write_shard(
     rows = None
     # clean first: its pass also yields the sample rows (sizes, decode errors)
     ordered = sorted(variants, key=lambda v: v != "clean")
-    for variant, feats, variant_rows in extract_variants(samples, ordered, backbone,
-                                                         cfg.batch_size, workers, advance):
+    for variant, feats, variant_rows in extract_variants(
+        samples, ordered, backbone, cfg.batch_size, workers, advance
+    ):
         cache.write_features(variant, shard, feats)
         if variant == "clean":
             rows = variant_rows

@@ -31,11 +31,16 @@ def cache_info_table(info: dict[str, Any]) -> Table:
         f"{backbone.get('pool')}, view {backbone.get('view_size')} px",
     )
     if backbone.get("random_init"):
-        table.add_row("[yellow]warning", "[yellow]random backbone weights: scores on this cache "
-                      "demonstrate the machinery, not quality")
+        table.add_row(
+            "[yellow]warning",
+            "[yellow]random backbone weights: scores on this cache "
+            "demonstrate the machinery, not quality",
+        )
     else:
-        table.add_row("weights", f"{backbone.get('weights')} sha256 "
-                      f"{str(backbone.get('weights_sha256'))[:12]}")
+        table.add_row(
+            "weights",
+            f"{backbone.get('weights')} sha256 {str(backbone.get('weights_sha256'))[:12]}",
+        )
     views = info.get("views", {})
     table.add_row("views", f"{views.get('layout')}: {views.get('n_views')} views")
     by_kind: dict[str, list[dict]] = {}

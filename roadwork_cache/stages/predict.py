@@ -58,8 +58,9 @@ class Answer:
 
 
 def _folder_images(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def collect_inputs(inputs: list[str]) -> list[Answer]:
@@ -81,8 +82,9 @@ def collect_inputs(inputs: list[str]) -> list[Answer]:
             out.append(Answer(spec))
         elif any(c in spec for c in "*?["):  # a glob the shell did not expand
             matches = sorted(glob.glob(spec, recursive=True))
-            files = [m for m in matches if Path(m).is_file()
-                     and Path(m).suffix.lower() in IMAGE_SUFFIXES]
+            files = [
+                m for m in matches if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES
+            ]
             files += [f for m in matches if Path(m).is_dir() for f in _folder_images(Path(m))]
             if not files:
                 empty.append(spec)
@@ -124,15 +126,17 @@ class FileViews(Dataset):
         return DecodedItem(index, views, width, height, None)
 
 
-def run_predict(opts: PredictOptions, predictor: Predictor | None = None
-                ) -> tuple[list[Answer], Predictor]:
+def run_predict(
+    opts: PredictOptions, predictor: Predictor | None = None
+) -> tuple[list[Answer], Predictor]:
     """Answers in input order; `predictor` reuses a loaded model (benchmarks, tests)."""
     if opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     answers = collect_inputs(opts.inputs)
     if predictor is None:
-        predictor = Predictor.load(opts.model, opts.weights, opts.backbone, opts.device,
-                                   opts.tta, opts.tta_variants)
+        predictor = Predictor.load(
+            opts.model, opts.weights, opts.backbone, opts.device, opts.tta, opts.tta_variants
+        )
     todo = [i for i, a in enumerate(answers) if a.error is None]
     device = predictor.device
     workers = default_workers(device) if opts.workers is None else opts.workers
@@ -141,11 +145,16 @@ def run_predict(opts: PredictOptions, predictor: Predictor | None = None
     if device.type == "cpu" and workers:
         # Decoding workers and intra-op threads on the same cores oversubscribe them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    dataset = FileViews([answers[i].path for i in todo], predictor.variants,
-                        predictor.view_size)
-    loader = DataLoader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+    dataset = FileViews([answers[i].path for i in todo], predictor.variants, predictor.view_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=opts.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     with progress_bar(disable=not opts.progress) as bar:
         task = bar.add_task("predict", total=len(todo), rate="")
         for batch in loader:
@@ -173,6 +182,7 @@ def answers_table(answers: list[Answer], predictor: Predictor) -> Table:
         if a.error:
             table.add_row(a.path, "-", "[red]error", a.error)
         else:
-            table.add_row(a.path, f"{a.probability:.4f}",
-                          "roadwork" if a.roadwork else "no roadwork", "")
+            table.add_row(
+                a.path, f"{a.probability:.4f}", "roadwork" if a.roadwork else "no roadwork", ""
+            )
     return table

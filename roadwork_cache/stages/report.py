@@ -40,8 +40,10 @@ GROUP_FIELDS = ("weather", "daytime", "scene", "city")
 MISSING = "(missing)"
 NO_GPS = "no GPS"
 CLASS_NAMES = ("no roadwork (0)", "roadwork (1)")
-RANDOM_WEIGHTS_TEXT = ("This run's cache was made with a randomly initialised backbone: "
-                       "scores demonstrate the machinery, not quality.")
+RANDOM_WEIGHTS_TEXT = (
+    "This run's cache was made with a randomly initialised backbone: "
+    "scores demonstrate the machinery, not quality."
+)
 
 
 # ---- the run folder ---------------------------------------------------------------------------
@@ -93,8 +95,9 @@ def load_run(root: Path) -> Run:
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise UserError(f"cannot read {root / 'predictions.parquet'}: {exc}") from None
     if not {"id", "set", "label", PROB_COLUMN} <= set(predictions):
-        raise UserError(f"{root / 'predictions.parquet'} lacks the columns id, set, label and "
-                        f"{PROB_COLUMN}")
+        raise UserError(
+            f"{root / 'predictions.parquet'} lacks the columns id, set, label and {PROB_COLUMN}"
+        )
     return Run(root, config, metrics, audit if isinstance(audit, list) else [], predictions)
 
 
@@ -110,8 +113,11 @@ class SetData:
 
 def labelled_rows(run: Run, set_name: str) -> list[int]:
     preds = run.predictions
-    return [i for i, (s, y) in enumerate(zip(preds["set"], preds["label"], strict=True))
-            if s == set_name and y is not None]
+    return [
+        i
+        for i, (s, y) in enumerate(zip(preds["set"], preds["label"], strict=True))
+        if s == set_name and y is not None
+    ]
 
 
 def choose_set(run: Run, asked: str | None) -> SetData:
@@ -193,8 +199,9 @@ def gps_groups(rows: list[dict[str, Any]], centres: Any) -> tuple[list[list[str]
     return [[names[k]] if has else [NO_GPS] for k, has in zip(nearest, ok, strict=True)], how
 
 
-def score_groups(groups: list[list[str]], labels: np.ndarray, prob: np.ndarray,
-                 threshold: float) -> list[GroupScore]:
+def score_groups(
+    groups: list[list[str]], labels: np.ndarray, prob: np.ndarray, threshold: float
+) -> list[GroupScore]:
     """MCC per group at the threshold; largest groups first, missing / no-GPS last."""
     members: dict[str, list[int]] = {}
     for i, names in enumerate(groups):
@@ -234,12 +241,18 @@ def confusion_figure(data: SetData, thresholds: list[tuple[str, float]]) -> Figu
     fig = Figure(figsize=(3.6 * len(thresholds), 3.3), layout="constrained")
     for ax, (name, t) in zip(fig.subplots(1, len(thresholds)), thresholds, strict=True):
         pred = predict(data.prob, t)
-        cm = np.array([[np.sum((data.labels == a) & (pred == b)) for b in (0, 1)]
-                       for a in (0, 1)])
+        cm = np.array([[np.sum((data.labels == a) & (pred == b)) for b in (0, 1)] for a in (0, 1)])
         ax.imshow(cm, cmap="Blues", vmin=0)
         for (a, b), v in np.ndenumerate(cm):
-            ax.text(b, a, str(v), ha="center", va="center",
-                    color="white" if v > cm.max() / 2 else "black", fontsize=13)
+            ax.text(
+                b,
+                a,
+                str(v),
+                ha="center",
+                va="center",
+                color="white" if v > cm.max() / 2 else "black",
+                fontsize=13,
+            )
         ax.set_xticks([0, 1], CLASS_NAMES, fontsize=8)
         ax.set_yticks([0, 1], CLASS_NAMES, fontsize=8, rotation=90, va="center")
         ax.set_xlabel("predicted")
@@ -254,13 +267,15 @@ def group_figure(field: str, scores: list[GroupScore]) -> Figure:
     fig = Figure(figsize=(6.5, 1.0 + 0.3 * len(shown)), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(shown))
-    ax.barh(y, [s.mcc or 0.0 for s in shown],
-            color=["tab:blue" if s.mcc is not None else "none" for s in shown])
+    ax.barh(
+        y,
+        [s.mcc or 0.0 for s in shown],
+        color=["tab:blue" if s.mcc is not None else "none" for s in shown],
+    )
     for yi, s in zip(y, shown, strict=True):
         text = "n/a" if s.mcc is None else f"{s.mcc:+.2f}"
         x = 0.02 if s.mcc is None or s.mcc < 0 else s.mcc + 0.02
-        ax.text(x, yi, text, va="center", fontsize=8,
-                color="grey" if s.mcc is None else "black")
+        ax.text(x, yi, text, va="center", fontsize=8, color="grey" if s.mcc is None else "black")
     ax.set_yticks(y, [plain(f"{s.name} (n={s.n})") for s in shown], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(-1, 1)
@@ -310,8 +325,9 @@ def histogram_figure(data: SetData, thresholds: list[tuple[str, float]]) -> Figu
     fig = Figure(figsize=(6.5, 3.2), layout="constrained")
     ax = fig.subplots()
     for cls, colour in ((0, "tab:blue"), (1, "tab:orange")):
-        ax.hist(data.prob[data.labels == cls], edges, alpha=0.6, color=colour,
-                label=CLASS_NAMES[cls])
+        ax.hist(
+            data.prob[data.labels == cls], edges, alpha=0.6, color=colour, label=CLASS_NAMES[cls]
+        )
     outside = []
     for (name, t), style in zip(thresholds, ("-", "--"), strict=False):
         if edges[0] <= t <= edges[-1]:
@@ -379,8 +395,13 @@ def fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec)
 
 
-def table_html(headers: list[str], rows: list[list[str]], row_classes: list[str] | None = None,
-               table_id: str | None = None, text_columns: int = 0) -> str:
+def table_html(
+    headers: list[str],
+    rows: list[list[str]],
+    row_classes: list[str] | None = None,
+    table_id: str | None = None,
+    text_columns: int = 0,
+) -> str:
     """An HTML table; every cell is escaped. The first `text_columns` columns align left."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
@@ -388,7 +409,8 @@ def table_html(headers: list[str], rows: list[list[str]], row_classes: list[str]
         cls = f' class="{escape(row_classes[i])}"' if row_classes and row_classes[i] else ""
         cells = "".join(
             f'<td class="text">{escape(c)}</td>' if j < text_columns else f"<td>{escape(c)}</td>"
-            for j, c in enumerate(row))
+            for j, c in enumerate(row)
+        )
         body.append(f"<tr{cls}>{cells}</tr>")
     ident = f' id="{escape(table_id)}"' if table_id else ""
     return f"<table{ident}><tr>{head}</tr>{''.join(body)}</table>"
@@ -399,75 +421,133 @@ def img_html(fig: Figure, alt: str) -> str:
 
 
 def metrics_section(run: Run) -> str:
-    headers = ["model", "set", "variant", "metadata", "threshold", "thr", "MCC", "acc", "prec",
-               "rec", "F1", "AUC", "reward", "n"]
+    headers = [
+        "model",
+        "set",
+        "variant",
+        "metadata",
+        "threshold",
+        "thr",
+        "MCC",
+        "acc",
+        "prec",
+        "rec",
+        "F1",
+        "AUC",
+        "reward",
+        "n",
+    ]
     rows, classes = [], []
     for r in run.metrics.get("rows", []):
-        rows.append([fmt(r.get("model")), fmt(r.get("set")), fmt(r.get("variant")),
-                     fmt(r.get("metadata")), fmt(r.get("threshold_kind")),
-                     fmt(r.get("threshold")), fmt(r.get("mcc"), "+.3f"), fmt(r.get("accuracy")),
-                     fmt(r.get("precision")), fmt(r.get("recall")), fmt(r.get("f1")),
-                     fmt(r.get("auc")), fmt(r.get("reward")), fmt(r.get("n"))])
+        rows.append(
+            [
+                fmt(r.get("model")),
+                fmt(r.get("set")),
+                fmt(r.get("variant")),
+                fmt(r.get("metadata")),
+                fmt(r.get("threshold_kind")),
+                fmt(r.get("threshold")),
+                fmt(r.get("mcc"), "+.3f"),
+                fmt(r.get("accuracy")),
+                fmt(r.get("precision")),
+                fmt(r.get("recall")),
+                fmt(r.get("f1")),
+                fmt(r.get("auc")),
+                fmt(r.get("reward")),
+                fmt(r.get("n")),
+            ]
+        )
         classes.append("deploy" if r.get("metadata") == "none" else "")
-    return ("<h2>Metrics (metrics.json)</h2><p>Highlighted rows have every metadata field NULL: "
-            "that is what a validator sends.</p>"
-            + table_html(headers, rows, classes, "metrics", text_columns=5))
+    return (
+        "<h2>Metrics (metrics.json)</h2><p>Highlighted rows have every metadata field NULL: "
+        "that is what a validator sends.</p>"
+        + table_html(headers, rows, classes, "metrics", text_columns=5)
+    )
 
 
 def audit_section(run: Run) -> str:
     headers = ["field", "present", "MCC present", "best value", "MCC value", "leaky"]
     rows, classes = [], []
     for a in run.audit:
-        rows.append([fmt(a.get("field")), fmt(a.get("present_rate"), ".1%"),
-                     fmt(a.get("mcc_present"), "+.3f"), fmt(a.get("best_value")),
-                     fmt(a.get("mcc_value"), "+.3f"), "LEAKY" if a.get("leaky") else "no"])
+        rows.append(
+            [
+                fmt(a.get("field")),
+                fmt(a.get("present_rate"), ".1%"),
+                fmt(a.get("mcc_present"), "+.3f"),
+                fmt(a.get("best_value")),
+                fmt(a.get("mcc_value"), "+.3f"),
+                "LEAKY" if a.get("leaky") else "no",
+            ]
+        )
         classes.append("leaky" if a.get("leaky") else "")
     leaky = ", ".join(run.config.get("leaky_fields") or []) or "none"
-    kept = "kept as head inputs (--allow-leaky-metadata)" if run.config.get(
-        "allow_leaky_metadata") else "those among the head's inputs were dropped"
-    body = table_html(headers, rows, classes, "audit", text_columns=1) if rows else \
-        '<p class="note">The run folder has no audit.json.</p>'
-    return (f"<h2>Metadata leakage audit (audit.json)</h2><p>Leaky fields: {escape(leaky)}; "
-            f"{escape(kept)}.</p>{body}")
+    kept = (
+        "kept as head inputs (--allow-leaky-metadata)"
+        if run.config.get("allow_leaky_metadata")
+        else "those among the head's inputs were dropped"
+    )
+    body = (
+        table_html(headers, rows, classes, "audit", text_columns=1)
+        if rows
+        else '<p class="note">The run folder has no audit.json.</p>'
+    )
+    return (
+        f"<h2>Metadata leakage audit (audit.json)</h2><p>Leaky fields: {escape(leaky)}; "
+        f"{escape(kept)}.</p>{body}"
+    )
 
 
-def groups_section(data: SetData, samples: dict[str, dict[str, Any]] | None, why: str,
-                   run: Run) -> str:
+def groups_section(
+    data: SetData, samples: dict[str, dict[str, Any]] | None, why: str, run: Run
+) -> str:
     title = "<h2>MCC per group</h2>"
     if samples is None:
-        return (f'{title}<p class="note">Per-field breakdowns (weather, daytime, scene, city, '
-                f"GPS cluster) are unavailable: {escape(why)}.</p>")
+        return (
+            f'{title}<p class="note">Per-field breakdowns (weather, daytime, scene, city, '
+            f"GPS cluster) are unavailable: {escape(why)}.</p>"
+        )
     rows = [samples.get(i, {}) for i in data.ids]
     unmatched = sum(1 for i in data.ids if i not in samples)
     gps, how = gps_groups(rows, (run.config.get("gps") or {}).get("centres"))
     fields = [(f, tag_groups(rows, f)) for f in GROUP_FIELDS] + [("GPS cluster", gps)]
-    parts = [title, f"<p>MCC of the metadata-free head at the tuned threshold "
-             f"{run.threshold:.3f} on the {escape(data.name)} set. Groups with fewer than "
-             f"{MIN_GROUP_ROWS} rows or a single class show n/a (MCC is undefined there, not 0). "
-             "A row with several weather tags counts in each. GPS cluster: "
-             f"{escape(how)}.</p>"]
+    parts = [
+        title,
+        f"<p>MCC of the metadata-free head at the tuned threshold "
+        f"{run.threshold:.3f} on the {escape(data.name)} set. Groups with fewer than "
+        f"{MIN_GROUP_ROWS} rows or a single class show n/a (MCC is undefined there, not 0). "
+        "A row with several weather tags counts in each. GPS cluster: "
+        f"{escape(how)}.</p>",
+    ]
     if unmatched:
-        parts.append(f'<p class="note">{unmatched} row(s) of the set are not in the cache '
-                     "(it was re-made?); they count as (missing).</p>")
+        parts.append(
+            f'<p class="note">{unmatched} row(s) of the set are not in the cache '
+            "(it was re-made?); they count as (missing).</p>"
+        )
     parts.append('<div class="groups">')
     for field, groups in fields:
         scores = score_groups(groups, data.labels, data.prob, run.threshold)
-        table = table_html(["group", "rows", "roadwork", "MCC"],
-                           [[s.name, str(s.n), str(s.positives), fmt(s.mcc, "+.3f")]
-                            for s in scores],
-                           table_id=f"groups-{field.replace(' ', '-')}", text_columns=1)
-        parts.append(f"<div>{img_html(group_figure(field, scores), f'MCC per {field}')}"
-                     f"{table}</div>")
+        table = table_html(
+            ["group", "rows", "roadwork", "MCC"],
+            [[s.name, str(s.n), str(s.positives), fmt(s.mcc, "+.3f")] for s in scores],
+            table_id=f"groups-{field.replace(' ', '-')}",
+            text_columns=1,
+        )
+        parts.append(
+            f"<div>{img_html(group_figure(field, scores), f'MCC per {field}')}{table}</div>"
+        )
     parts.append("</div>")
     return "".join(parts)
 
 
-def errors_section(data: SetData, samples: dict[str, dict[str, Any]] | None,
-                   threshold: float) -> str:
+def errors_section(
+    data: SetData, samples: dict[str, dict[str, Any]] | None, threshold: float
+) -> str:
     idx = hardest_errors(data, threshold)
-    intro = (f"<h2>Hardest errors</h2><p>Rows of the {escape(data.name)} set misclassified at "
-             f"the tuned threshold {threshold:.3f}, largest |prob - label| first "
-             f"({len(idx)} shown).</p>")
+    intro = (
+        f"<h2>Hardest errors</h2><p>Rows of the {escape(data.name)} set misclassified at "
+        f"the tuned threshold {threshold:.3f}, largest |prob - label| first "
+        f"({len(idx)} shown).</p>"
+    )
     if not idx:
         return intro + '<p class="note">No errors on this set.</p>'
     rows = []
@@ -479,10 +559,15 @@ def errors_section(data: SetData, samples: dict[str, dict[str, Any]] | None,
             city = fmt(meta.get("city"))
             weather = ", ".join(meta.get("weather") or []) or "-"
             source = fmt(meta.get("source"))
-        rows.append([data.ids[i], str(data.labels[i]), f"{data.prob[i]:.4f}", city, weather,
-                     source])
-    table = table_html(["id", "label", "prob", "city", "weather", "source"], rows,
-                       table_id="hardest", text_columns=1)
+        rows.append(
+            [data.ids[i], str(data.labels[i]), f"{data.prob[i]:.4f}", city, weather, source]
+        )
+    table = table_html(
+        ["id", "label", "prob", "city", "weather", "source"],
+        rows,
+        table_id="hardest",
+        text_columns=1,
+    )
     return intro + table
 
 
@@ -495,53 +580,74 @@ def summary_section(run: Run, data: SetData) -> str:
         ("created", fmt(cfg.get("created"))),
         ("tool version", fmt(cfg.get("tool_version"))),
         ("cache", fmt(cfg.get("cache"))),
-        ("backbone", f"{fmt(backbone.get('preset'))} (random weights: "
-                     f"{'yes' if run.random_init else 'no'})"),
+        (
+            "backbone",
+            f"{fmt(backbone.get('preset'))} (random weights: {'yes' if run.random_init else 'no'})",
+        ),
         ("head metadata fields", ", ".join(head.get("meta_fields") or []) or "none"),
         ("training variants", ", ".join(cfg.get("variants") or [])),
-        ("best epoch", f"{fmt(run.metrics.get('best_epoch'))} (val MCC "
-                       f"{fmt(run.metrics.get('best_val_mcc'), '+.3f')})"),
+        (
+            "best epoch",
+            f"{fmt(run.metrics.get('best_epoch'))} (val MCC "
+            f"{fmt(run.metrics.get('best_val_mcc'), '+.3f')})",
+        ),
         ("tuned threshold", f"{run.threshold:.4f} (MCC-best on validation, no metadata)"),
-        ("set analysed", f"{data.name}: {len(data.labels)} labelled rows, "
-                         f"{int(data.labels.sum())} roadwork"),
+        (
+            "set analysed",
+            f"{data.name}: {len(data.labels)} labelled rows, {int(data.labels.sum())} roadwork",
+        ),
         ("probability", f"{PROB_COLUMN}: the head on clean views with every metadata field NULL"),
     ]
-    rows = "".join(f'<tr><th>{escape(k)}</th><td class="text">{escape(v)}</td></tr>'
-                   for k, v in items)
+    rows = "".join(
+        f'<tr><th>{escape(k)}</th><td class="text">{escape(v)}</td></tr>' for k, v in items
+    )
     return f"<table>{rows}</table>"
 
 
-def render_page(run: Run, data: SetData, samples: dict[str, dict[str, Any]] | None,
-                why: str) -> str:
-    thresholds = [(f"tuned threshold {run.threshold:.3f}", run.threshold),
-                  ("threshold 0.5", 0.5)]
+def render_page(
+    run: Run, data: SetData, samples: dict[str, dict[str, Any]] | None, why: str
+) -> str:
+    thresholds = [(f"tuned threshold {run.threshold:.3f}", run.threshold), ("threshold 0.5", 0.5)]
     parts = [f"<h1>roadwork report: {escape(run.root.name)} ({escape(data.name)} set)</h1>"]
     if run.random_init:
         parts.append(f'<p class="banner">{escape(RANDOM_WEIGHTS_TEXT)}</p>')
     if samples is None:
-        parts.append(f'<p class="note">Cache unavailable: {escape(why)}. This page is built '
-                     "from the run folder alone; per-field breakdowns are unavailable.</p>")
+        parts.append(
+            f'<p class="note">Cache unavailable: {escape(why)}. This page is built '
+            "from the run folder alone; per-field breakdowns are unavailable.</p>"
+        )
     parts.append(summary_section(run, data))
     parts.append(metrics_section(run))
-    parts.append("<h2>Confusion matrices (no metadata)</h2>"
-                 + img_html(confusion_figure(data, thresholds), "confusion matrices"))
+    parts.append(
+        "<h2>Confusion matrices (no metadata)</h2>"
+        + img_html(confusion_figure(data, thresholds), "confusion matrices")
+    )
     parts.append(groups_section(data, samples, why, run))
     fig, ece = reliability_figure(data)
-    parts.append(f"<h2>Calibration</h2><p>Expected calibration error {ece:.3f}. The threshold "
-                 "is folded into deployed outputs; these are the raw probabilities.</p>"
-                 + img_html(fig, "reliability diagram")
-                 + img_html(histogram_figure(data, thresholds), "score histogram"))
+    parts.append(
+        f"<h2>Calibration</h2><p>Expected calibration error {ece:.3f}. The threshold "
+        "is folded into deployed outputs; these are the raw probabilities.</p>"
+        + img_html(fig, "reliability diagram")
+        + img_html(histogram_figure(data, thresholds), "score histogram")
+    )
     curves = learning_figure(run.metrics.get("history") or [], run.metrics.get("best_epoch"))
-    parts.append("<h2>Learning curves</h2>" + (
-        img_html(curves, "learning curves") if curves is not None
-        else '<p class="note">metrics.json has no training history.</p>'))
+    parts.append(
+        "<h2>Learning curves</h2>"
+        + (
+            img_html(curves, "learning curves")
+            if curves is not None
+            else '<p class="note">metrics.json has no training history.</p>'
+        )
+    )
     parts.append(errors_section(data, samples, run.threshold))
     parts.append(audit_section(run))
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     parts.append(f"<p><small>written {escape(stamp)} by roadwork report</small></p>")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>roadwork report: {escape(run.root.name)}</title><style>{STYLE}</style>"
-            f"</head><body>{''.join(parts)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>roadwork report: {escape(run.root.name)}</title><style>{STYLE}</style>"
+        f"</head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def write_report(run: Path, out: Path | None = None, set_name: str | None = None) -> Path:

@@ -83,8 +83,10 @@ def read_target(spec: str) -> tuple[np.ndarray, np.ndarray]:
             rows = list(csv.DictReader(handle))
         if not rows or not {"lat", "lon"} <= set(rows[0]):
             raise UserError(f"target CSV {spec} needs 'lat' and 'lon' columns")
-        return (np.array([float(r["lat"]) for r in rows]),
-                np.array([float(r["lon"]) for r in rows]))
+        return (
+            np.array([float(r["lat"]) for r in rows]),
+            np.array([float(r["lon"]) for r in rows]),
+        )
     raise UserError(f"--target {spec} is neither a cache folder nor a CSV of lat,lon")
 
 
@@ -109,10 +111,13 @@ def head_config(data: CacheData, opts: TrainHeadOptions, leaky: list[str]) -> He
     cfg = HeadConfig.from_dict(values)
     dropped = [f for f in cfg.meta_fields if f in leaky]
     if dropped and not opts.allow_leaky:
-        console.print(f"[yellow]dropping leaky metadata field(s) {', '.join(dropped)}; "
-                      "pass --allow-leaky-metadata to keep them")
+        console.print(
+            f"[yellow]dropping leaky metadata field(s) {', '.join(dropped)}; "
+            "pass --allow-leaky-metadata to keep them"
+        )
         cfg = HeadConfig.from_dict(
-            {**cfg.to_dict(), "meta_fields": [f for f in cfg.meta_fields if f not in leaky]})
+            {**cfg.to_dict(), "meta_fields": [f for f in cfg.meta_fields if f not in leaky]}
+        )
     return cfg
 
 
@@ -130,14 +135,22 @@ def sampling_weights(
         console.print(f"GPS weighting off: the target ({source}) has {int(ok.sum())} GPS fixes")
         return None, {"enabled": False, "target": source}
     centres = target_centres(t_lat[ok], t_lon[ok], k=opts.gps_k, seed=opts.train.seed)
-    weights = gps_weights(lat[train_idx], lon[train_idx], centres, opts.gps_brackets,
-                          opts.gps_beyond)
+    weights = gps_weights(
+        lat[train_idx], lon[train_idx], centres, opts.gps_brackets, opts.gps_beyond
+    )
     before = share_within(lat[train_idx], lon[train_idx], centres, 100.0)
     after = share_within(lat[train_idx], lon[train_idx], centres, 100.0, weights)
-    console.print(f"GPS weighting toward {source}: share of training draws within 100 km of a "
-                  f"target centre {before:.1%} -> {after:.1%}")
-    return weights, {"enabled": True, "target": source, "centres": centres.tolist(),
-                     "share_within_100km_before": before, "share_within_100km_after": after}
+    console.print(
+        f"GPS weighting toward {source}: share of training draws within 100 km of a "
+        f"target centre {before:.1%} -> {after:.1%}"
+    )
+    return weights, {
+        "enabled": True,
+        "target": source,
+        "centres": centres.tolist(),
+        "share_within_100km_before": before,
+        "share_within_100km_after": after,
+    }
 
 
 def evaluation_variants(data: CacheData) -> list[str]:
@@ -145,7 +158,11 @@ def evaluation_variants(data: CacheData) -> list[str]:
 
 
 def evaluate(
-    model: RoadworkHead, data: CacheData, meta, device: torch.device, sets: dict[str, np.ndarray],
+    model: RoadworkHead,
+    data: CacheData,
+    meta,
+    device: torch.device,
+    sets: dict[str, np.ndarray],
     baseline: tuple[StandardScaler, LogisticRegression],
 ) -> tuple[list[dict[str, Any]], float, dict[str, np.ndarray]]:
     """Metric rows for every (set, variant, metadata, threshold); the tuned threshold is the
@@ -160,8 +177,9 @@ def evaluate(
         probs[("baseline", variant, "none")] = lr.predict_proba(global_view)[:, 1]
     val = sets["val"]
     y = data.labels
-    tuned = {m: best_threshold(y[val], probs[(m, "clean", "none")][val])
-             for m in ("head", "baseline")}
+    tuned = {
+        m: best_threshold(y[val], probs[(m, "clean", "none")][val]) for m in ("head", "baseline")
+    }
     rows = []
     for (model_name, meta_name), group, members in evaluation_groups(probs):
         for set_name, idx in sets.items():
@@ -173,16 +191,25 @@ def evaluate(
             p_all = np.concatenate([probs[(model_name, v, meta_name)][idx] for v in members])
             for t_name, t in (("0.5", 0.5), ("tuned", tuned[model_name])):
                 m = binary_metrics(y_all, p_all, t)
-                rows.append({"model": model_name, "set": set_name, "variant": group,
-                             "metadata": meta_name, "threshold_kind": t_name, **m})
+                rows.append(
+                    {
+                        "model": model_name,
+                        "set": set_name,
+                        "variant": group,
+                        "metadata": meta_name,
+                        "threshold_kind": t_name,
+                        **m,
+                    }
+                )
     return rows, tuned["head"], {f"{k[0]}:{k[1]}:{k[2]}": v for k, v in probs.items()}
 
 
 def evaluation_groups(probs: dict[tuple, np.ndarray]) -> list[tuple[tuple, str, list[str]]]:
     """((model, metadata), 'clean' | 'natix', [variants]) for every scored combination."""
     out = []
-    keys = sorted({(m, meta) for m, _, meta in probs},
-                  key=lambda k: (k[0] != "head", k[1] != "none"))
+    keys = sorted(
+        {(m, meta) for m, _, meta in probs}, key=lambda k: (k[0] != "head", k[1] != "none")
+    )
     for model_name, meta_name in keys:
         variants = [v for m, v, meta in probs if m == model_name and meta == meta_name]
         out.append(((model_name, meta_name), "clean", ["clean"]))
@@ -197,16 +224,36 @@ def metrics_table(rows: list[dict[str, Any]], random_init: bool) -> Table:
     if random_init:
         title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
     table = Table(title=title)
-    for col in ("model", "set", "variant", "metadata", "thr", "MCC", "acc", "prec", "rec",
-                "F1", "AUC", "reward", "n"):
-        table.add_column(col, justify="right" if col not in ("model", "set", "variant") else
-                         "left")
+    for col in (
+        "model",
+        "set",
+        "variant",
+        "metadata",
+        "thr",
+        "MCC",
+        "acc",
+        "prec",
+        "rec",
+        "F1",
+        "AUC",
+        "reward",
+        "n",
+    ):
+        table.add_column(col, justify="right" if col not in ("model", "set", "variant") else "left")
     for r in rows:
         table.add_row(
-            r["model"], r["set"], r["variant"], r["metadata"],
-            f"{r['threshold']:.3f}", f"{r['mcc']:+.3f}", f"{r['accuracy']:.3f}",
-            f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
-            "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}", f"{r['reward']:.3f}",
+            r["model"],
+            r["set"],
+            r["variant"],
+            r["metadata"],
+            f"{r['threshold']:.3f}",
+            f"{r['mcc']:+.3f}",
+            f"{r['accuracy']:.3f}",
+            f"{r['precision']:.3f}",
+            f"{r['recall']:.3f}",
+            f"{r['f1']:.3f}",
+            "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}",
+            f"{r['reward']:.3f}",
             str(r["n"]),
         )
     return table
@@ -254,16 +301,21 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     data = load_cache_data(opts.cache, variants)
     random_init = random_backbone(data)
     if random_init:
-        console.print("[yellow]warning: this cache was made with random backbone weights; "
-                      "scores demonstrate the machinery, not quality")
+        console.print(
+            "[yellow]warning: this cache was made with random backbone weights; "
+            "scores demonstrate the machinery, not quality"
+        )
 
     pool, test_idx = labelled_rows(data)
     split = data.split_names()
-    tr, va = grouped_split(data.labels[pool], data.groups()[pool], opts.val_fraction,
-                           opts.train.seed, split[pool])
+    tr, va = grouped_split(
+        data.labels[pool], data.groups()[pool], opts.val_fraction, opts.train.seed, split[pool]
+    )
     train_idx, val_idx = pool[tr], pool[va]
-    console.print(f"rows: {len(train_idx)} train, {len(val_idx)} validation (grouped by video),"
-                  f" {len(test_idx)} test; variants for training: {', '.join(variants)}")
+    console.print(
+        f"rows: {len(train_idx)} train, {len(val_idx)} validation (grouped by video),"
+        f" {len(test_idx)} test; variants for training: {', '.join(variants)}"
+    )
 
     audits, leaky = leakage(data, train_idx, opts)
     config = head_config(data, opts, leaky)
@@ -272,8 +324,15 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     opts.out.mkdir(parents=True, exist_ok=True)
     meta = metadata_batch(config, data)
     model = RoadworkHead(config)
-    trainer = Trainer(model, opts.train, [data.features[v] for v in variants], data.labels,
-                      meta, device, eval_features=data.features["clean"])
+    trainer = Trainer(
+        model,
+        opts.train,
+        [data.features[v] for v in variants],
+        data.labels,
+        meta,
+        device,
+        eval_features=data.features["clean"],
+    )
     with progress_bar(disable=not opts.progress) as bar:
         task = bar.add_task("train-head", total=opts.train.epochs, rate="")
 
@@ -281,8 +340,10 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
             bar.update(task, advance=1, rate=f"loss {log.loss:.3f} val MCC {log.val_mcc:+.3f}")
 
         result = trainer.fit(train_idx, val_idx, weights, on_epoch)
-    console.print(f"best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, "
-                  f"no metadata){'; stopped early' if result.stopped_early else ''}")
+    console.print(
+        f"best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, "
+        f"no metadata){'; stopped early' if result.stopped_early else ''}"
+    )
 
     baseline = fit_baseline(data, train_idx, opts.train.seed)
     sets = {"val": val_idx, "test": test_idx}
@@ -309,15 +370,23 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     (opts.out / "config.json").write_text(json.dumps(run_config, indent=2))
     (opts.out / "audit.json").write_text(json.dumps([a.to_dict() for a in audits], indent=2))
     history = [h.__dict__ for h in result.history]
-    metrics = {"best_epoch": result.best_epoch, "best_val_mcc": result.best_val_mcc,
-               "threshold": threshold, "random_init_backbone": random_init, "rows": rows,
-               "history": history}
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "best_val_mcc": result.best_val_mcc,
+        "threshold": threshold,
+        "random_init_backbone": random_init,
+        "rows": rows,
+        "history": history,
+    }
     (opts.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     set_of = np.full(len(data), "train", dtype=object)
     set_of[val_idx], set_of[test_idx] = "val", "test"
     set_of[data.labels < 0] = "unlabelled"
-    columns = {"id": data.ids, "set": set_of.tolist(),
-               "label": [None if v < 0 else int(v) for v in data.labels]}
+    columns = {
+        "id": data.ids,
+        "set": set_of.tolist(),
+        "label": [None if v < 0 else int(v) for v in data.labels],
+    }
     columns.update({k.replace(":", "_"): v for k, v in probs.items()})
     pq.write_table(pa.table(columns), opts.out / "predictions.parquet")
     save_curve(result.history, opts.out / "curve.png")

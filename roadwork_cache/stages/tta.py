@@ -67,23 +67,27 @@ def candidate_variants(available: list[str], asked: list[str] | None) -> list[st
             check_variant(name)
         missing = [v for v in asked if v not in available]
         if missing:
-            raise UserError(f"the cache has no variant {missing[0]!r} (it has: "
-                            f"{', '.join(available)})")
+            raise UserError(
+                f"the cache has no variant {missing[0]!r} (it has: {', '.join(available)})"
+            )
         return list(dict.fromkeys(asked))
-    tta = sorted((v for v in available if re.fullmatch(r"tta-\d+", v)),
-                 key=lambda v: int(v.split("-")[1]))
+    tta = sorted(
+        (v for v in available if re.fullmatch(r"tta-\d+", v)), key=lambda v: int(v.split("-")[1])
+    )
     if not tta:
-        raise UserError("the cache has no tta-K variants; add them with `roadwork extract "
-                        "SOURCE --cache CACHE --variants tta:8` (same backbone flags)")
+        raise UserError(
+            "the cache has no tta-K variants; add them with `roadwork extract "
+            "SOURCE --cache CACHE --variants tta:8` (same backbone flags)"
+        )
     return ["clean", *tta]
 
 
-def check_cache_matches(cache_attrs: dict[str, Any], config: dict[str, Any], cache: Path,
-                        model: Path) -> None:
+def check_cache_matches(
+    cache_attrs: dict[str, Any], config: dict[str, Any], cache: Path, model: Path
+) -> None:
     """The model must have been trained on this backbone's features (keys both record)."""
     have, want = cache_attrs.get("backbone") or {}, config.get("backbone") or {}
-    for key in ("preset", "pool", "view_size", "feature_dim", "state_sha256",
-                "weights_sha256"):
+    for key in ("preset", "pool", "view_size", "feature_dim", "state_sha256", "weights_sha256"):
         if have.get(key) is not None and want.get(key) is not None and have[key] != want[key]:
             raise UserError(
                 f"model {model} was trained on features with backbone {key} = {want[key]}, but "
@@ -98,15 +102,20 @@ def reference_rows(data: CacheData, model: Path) -> tuple[np.ndarray, str]:
     if path.is_file():
         table = pq.read_table(path)
         if {"id", "set"} <= set(table.column_names):
-            train_ids = {i for i, s in zip(table["id"].to_pylist(), table["set"].to_pylist(),
-                                           strict=True) if s == "train"}
+            train_ids = {
+                i
+                for i, s in zip(table["id"].to_pylist(), table["set"].to_pylist(), strict=True)
+                if s == "train"
+            }
             rows = np.array([i for i, rid in enumerate(data.ids) if rid in train_ids], int)
             if len(rows) >= 2:
                 return rows, "the model's training rows"
     rows = np.flatnonzero(data.split_names() == "train")
     if len(rows) < 2:
-        raise UserError(f"cache {data.root} has fewer than 2 rows in its train split to fit "
-                        "the FOODS statistics on")
+        raise UserError(
+            f"cache {data.root} has fewer than 2 rows in its train split to fit "
+            "the FOODS statistics on"
+        )
     return rows, "the cache's train split"
 
 
@@ -117,13 +126,16 @@ def eval_rows(data: CacheData, split: str) -> np.ndarray:
     rows = np.flatnonzero(names == split)
     if len(rows) == 0:
         have = ", ".join(sorted(set(names.tolist()) - {""})) or "none"
-        raise UserError(f"cache {data.root} has no ok rows in split {split!r} (splits: {have}; "
-                        "or use --split all)")
+        raise UserError(
+            f"cache {data.root} has no ok rows in split {split!r} (splits: {have}; "
+            "or use --split all)"
+        )
     return rows
 
 
-def score_variants(bundle: Bundle, data: CacheData, rows: np.ndarray, variants: list[str],
-                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def score_variants(
+    bundle: Bundle, data: CacheData, rows: np.ndarray, variants: list[str], progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Folded probabilities [n, T] and head embeddings [n, T, E] of every candidate."""
     probs, embeds = [], []
     with progress_bar(disable=not progress) as bar:
@@ -140,8 +152,7 @@ def metric_rows(labels: np.ndarray, probs: dict[str, np.ndarray]) -> list[dict[s
     known = labels >= 0
     if not known.any():
         return []
-    return [{"method": m, **binary_metrics(labels[known], probs[m][known], 0.5)}
-            for m in METHODS]
+    return [{"method": m, **binary_metrics(labels[known], probs[m][known], 0.5)} for m in METHODS]
 
 
 def metrics_table(rows: list[dict[str, Any]], split: str, random_init: bool) -> Table:
@@ -152,9 +163,14 @@ def metrics_table(rows: list[dict[str, Any]], split: str, random_init: bool) -> 
     for col in ("method", "MCC", "acc", "reward", "AUC", "n"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
-        table.add_row(METHOD_NAMES[r["method"]], f"{r['mcc']:+.3f}", f"{r['accuracy']:.3f}",
-                      f"{r['reward']:.3f}", "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}",
-                      str(r["n"]))
+        table.add_row(
+            METHOD_NAMES[r["method"]],
+            f"{r['mcc']:+.3f}",
+            f"{r['accuracy']:.3f}",
+            f"{r['reward']:.3f}",
+            "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}",
+            str(r["n"]),
+        )
     return table
 
 
@@ -163,8 +179,12 @@ def variant_table(summary: list[dict[str, Any]]) -> Table:
     for col in ("variant", "distance", "kept", "weight"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for s in summary:
-        table.add_row(s["variant"], f"{s['mean_distance']:.2f}", f"{s['kept_share']:.0%}",
-                      f"{s['mean_weight']:.3f}")
+        table.add_row(
+            s["variant"],
+            f"{s['mean_distance']:.2f}",
+            f"{s['kept_share']:.0%}",
+            f"{s['mean_weight']:.3f}",
+        )
     return table
 
 
@@ -180,35 +200,53 @@ def run_tta(opts: TtaOptions) -> dict[str, Any]:
     data = load_cache_data(opts.cache, list(dict.fromkeys(["clean", *variants])))
     random_init = bool((bundle.config.get("backbone") or {}).get("random_init"))
     if random_init:
-        console.print("[yellow]warning: this model sits on random backbone weights; scores "
-                      "demonstrate the machinery, not quality")
+        console.print(
+            "[yellow]warning: this model sits on random backbone weights; scores "
+            "demonstrate the machinery, not quality"
+        )
 
     rows = eval_rows(data, opts.split)
 
     # ---- FOODS statistics from the training rows -----------------------------------------
     ref, ref_source = reference_rows(data, opts.model)
-    stats = FoodsStats.fit(bundle.embed(data.features["clean"][ref]), variants=variants,
-                           settings=settings, model_digest=model_digest(bundle.config))
-    console.print(f"FOODS statistics: {len(ref)} rows ({ref_source}), "
-                  f"{stats.mean.shape[0]}-d embeddings, Ledoit-Wolf shrinkage "
-                  f"{stats.shrinkage:.3f}; {len(variants)} candidates, keep "
-                  f"{n_kept(len(variants), settings.keep)}, {settings.distance} distance")
+    stats = FoodsStats.fit(
+        bundle.embed(data.features["clean"][ref]),
+        variants=variants,
+        settings=settings,
+        model_digest=model_digest(bundle.config),
+    )
+    console.print(
+        f"FOODS statistics: {len(ref)} rows ({ref_source}), "
+        f"{stats.mean.shape[0]}-d embeddings, Ledoit-Wolf shrinkage "
+        f"{stats.shrinkage:.3f}; {len(variants)} candidates, keep "
+        f"{n_kept(len(variants), settings.keep)}, {settings.distance} distance"
+    )
 
     # ---- three ways to combine the candidates ---------------------------------------------
     probs, embeds = score_variants(bundle, data, rows, variants, opts.progress)
     distances = stats.distances(embeds)
     weights = foods_weights(distances, settings.keep, settings.temperature)
-    clean = (probs[:, variants.index("clean")] if "clean" in variants
-             else bundle.predict(data.features["clean"][rows]))
-    combined = {"none": clean,
-                "mean": weighted_probability(probs, uniform_weights(*probs.shape)),
-                "foods": weighted_probability(probs, weights)}
+    clean = (
+        probs[:, variants.index("clean")]
+        if "clean" in variants
+        else bundle.predict(data.features["clean"][rows])
+    )
+    combined = {
+        "none": clean,
+        "mean": weighted_probability(probs, uniform_weights(*probs.shape)),
+        "foods": weighted_probability(probs, weights),
+    }
     labels = data.labels[rows]
     metrics = metric_rows(labels, combined)
-    by_variant = [{"variant": v, "mean_distance": float(distances[:, t].mean()),
-                   "kept_share": float((weights[:, t] > 0).mean()),
-                   "mean_weight": float(weights[:, t].mean())}
-                  for t, v in enumerate(variants)]
+    by_variant = [
+        {
+            "variant": v,
+            "mean_distance": float(distances[:, t].mean()),
+            "kept_share": float((weights[:, t] > 0).mean()),
+            "mean_weight": float(weights[:, t].mean()),
+        }
+        for t, v in enumerate(variants)
+    ]
 
     # ---- outputs -----------------------------------------------------------------------------
     opts.out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,8 +279,12 @@ def run_tta(opts: TtaOptions) -> dict[str, Any]:
         "variants": variants,
         "settings": asdict(settings),
         "kept_per_image": n_kept(len(variants), settings.keep),
-        "fit": {"rows": int(len(ref)), "source": ref_source, "shrinkage": stats.shrinkage,
-                "embedding_dim": int(stats.mean.shape[0])},
+        "fit": {
+            "rows": int(len(ref)),
+            "source": ref_source,
+            "shrinkage": stats.shrinkage,
+            "embedding_dim": int(stats.mean.shape[0]),
+        },
         "random_init_backbone": random_init,
         "metrics": metrics,
         "by_variant": by_variant,
@@ -251,7 +293,11 @@ def run_tta(opts: TtaOptions) -> dict[str, Any]:
     }
     metrics_path = opts.out.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(report, indent=2, default=float))
-    return {"metrics": report, "out": opts.out, "metrics_path": metrics_path,
-            "stats_path": stats_path,
-            "table": metrics_table(metrics, opts.split, random_init) if metrics else None,
-            "variant_table": variant_table(by_variant)}
+    return {
+        "metrics": report,
+        "out": opts.out,
+        "metrics_path": metrics_path,
+        "stats_path": stats_path,
+        "table": metrics_table(metrics, opts.split, random_init) if metrics else None,
+        "variant_table": variant_table(by_variant),
+    }

@@ -42,6 +42,7 @@ def distill(
     """Fit `model` in place with the shared training loop, its objective swapped for binary
     cross-entropy against the blended soft target; rows index `variants`, `soft`, `labels`."""
     target = cfg.alpha * soft + (1.0 - cfg.alpha) * labels.clip(0, 1)
-    trainer = Trainer(model, cfg, variants, labels, meta, device, eval_features,
-                      soft_targets=target)
+    trainer = Trainer(
+        model, cfg, variants, labels, meta, device, eval_features, soft_targets=target
+    )
     return trainer.fit(np.asarray(train_idx), np.asarray(val_idx), on_epoch=on_epoch)

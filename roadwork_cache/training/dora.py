@@ -40,9 +40,15 @@ class DoraSettings:
         return asdict(self)
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           weight_decay=self.weight_decay, warmup_epochs=0.5,
-                           patience=self.patience, seed=seed)
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_epochs=0.5,
+            patience=self.patience,
+            seed=seed,
+        )
 
 
 @dataclass
@@ -55,9 +61,14 @@ class DoraResult:
 def with_dora(model: RoadworkHead, settings: DoraSettings) -> PeftModel:
     """A copy of `model` wrapped with DoRA adapters on the attention and gate layers; only
     the adapters (low-rank A, B and the DoRA magnitudes) are trainable."""
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
-                        lora_dropout=settings.dropout, use_dora=True,
-                        target_modules=list(DORA_TARGETS), bias="none")
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        use_dora=True,
+        target_modules=list(DORA_TARGETS),
+        bias="none",
+    )
     return get_peft_model(copy.deepcopy(model), config)
 
 
@@ -85,8 +96,15 @@ def adapt(
     MCC, as in every head's training), then merge. Rows index `variants` / `labels` / `meta`."""
     torch.manual_seed(seed)
     adapted = with_dora(base, settings)
-    trainer = Trainer(adapted, settings.train_config(seed), variants, labels, meta, device,
-                      eval_features=eval_features)
+    trainer = Trainer(
+        adapted,
+        settings.train_config(seed),
+        variants,
+        labels,
+        meta,
+        device,
+        eval_features=eval_features,
+    )
     result = trainer.fit(train_idx, stop_idx, None, on_epoch)
     # Check the merge on the stopping rows: the adapter and the merged head must agree.
     check = (variants[0] if eval_features is None else eval_features)[stop_idx[:128]]

@@ -159,8 +159,11 @@ class Trainer:
         self.eval_features = variants[0] if eval_features is None else eval_features
         # Distillation: a target probability per row replaces the focal / consistency /
         # weather objective with binary cross-entropy against it.
-        self.soft = None if soft_targets is None else torch.from_numpy(
-            soft_targets.astype(np.float32)).to(device)
+        self.soft = (
+            None
+            if soft_targets is None
+            else torch.from_numpy(soft_targets.astype(np.float32)).to(device)
+        )
 
     def _loss(self, out, rows: torch.Tensor, meta: MetadataBatch, y, wmask) -> LossParts:
         if self.soft is not None:
@@ -170,8 +173,16 @@ class Trainer:
             return LossParts(total=bce, focal=bce, consistency=zero, weather=zero)
         cfg = self.cfg
         return total_loss(
-            out.logits.float(), y, out.view_logits.float(), out.weather_logits.float(),
-            meta.weather, wmask, cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.smoothing,
+            out.logits.float(),
+            y,
+            out.view_logits.float(),
+            out.weather_logits.float(),
+            meta.weather,
+            wmask,
+            cfg.loss,
+            cfg.focal_gamma,
+            cfg.focal_alpha,
+            cfg.smoothing,
         )
 
     def _batch(self, rows: torch.Tensor, variant: torch.Tensor):
@@ -236,8 +247,11 @@ class Trainer:
                     optim.step()
                     optim.zero_grad(set_to_none=True)
                     sched.step()
-                sums += torch.stack([parts.total, parts.focal, parts.consistency,
-                                     parts.weather]).detach().float()
+                sums += (
+                    torch.stack([parts.total, parts.focal, parts.consistency, parts.weather])
+                    .detach()
+                    .float()
+                )
                 n_batches += 1
 
             prob, _ = predict(model, self.eval_features[val_idx], None, self.device)

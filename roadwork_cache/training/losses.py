@@ -104,7 +104,8 @@ def weather_aux_loss(
     # A masked mean rather than logits[mask]: boolean indexing (and a test of mask.any())
     # would wait for the GPU on every step.
     per_row = F.binary_cross_entropy_with_logits(
-        logits.float(), multi_hot.float(), reduction="none").mean(dim=1)
+        logits.float(), multi_hot.float(), reduction="none"
+    ).mean(dim=1)
     keep = mask.float()
     return (per_row * keep).sum() / keep.sum().clamp(min=1.0)
 

@@ -61,11 +61,15 @@ class MemberSpec:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise UserError(f"{label} in {where} has unknown key(s) {', '.join(unknown)} "
-                            f"(known: {', '.join(known)})")
+            raise UserError(
+                f"{label} in {where} has unknown key(s) {', '.join(unknown)} "
+                f"(known: {', '.join(known)})"
+            )
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise UserError(f"{label} in {where} needs a 'name' of letters, digits, '_', '.' "
-                            "or '-' (it names the member's folder)")
+            raise UserError(
+                f"{label} in {where} needs a 'name' of letters, digits, '_', '.' "
+                "or '-' (it names the member's folder)"
+            )
         head, train = data.get("head") or {}, data.get("train") or {}
         if not isinstance(head, dict) or not isinstance(train, dict):
             raise UserError(f"{label} in {where}: 'head' and 'train' must be mappings")
@@ -74,18 +78,25 @@ class MemberSpec:
         loss = train.get("loss") or {}
         if not isinstance(loss, dict):
             raise UserError(f"{label} in {where}: 'train.loss' must be a mapping")
-        bad += [f"train.loss.{k}" for k in sorted(set(loss) - {f.name for f in
-                                                                fields(LossWeights)})]
+        bad += [
+            f"train.loss.{k}" for k in sorted(set(loss) - {f.name for f in fields(LossWeights)})
+        ]
         if bad:
             raise UserError(f"{label} in {where} has unknown key(s) {', '.join(bad)}")
         variants = data.get("variants")
         try:
-            return cls(name=name, seed=int(data.get("seed", 0)), head=dict(head),
-                       train=dict(train), gps_strength=float(data.get("gps_strength", 1.0)),
-                       variants=None if variants is None else [str(v) for v in variants])
+            return cls(
+                name=name,
+                seed=int(data.get("seed", 0)),
+                head=dict(head),
+                train=dict(train),
+                gps_strength=float(data.get("gps_strength", 1.0)),
+                variants=None if variants is None else [str(v) for v in variants],
+            )
         except (TypeError, ValueError):
-            raise UserError(f"{label} in {where} has a seed, gps_strength or variants of the "
-                            "wrong type") from None
+            raise UserError(
+                f"{label} in {where} has a seed, gps_strength or variants of the wrong type"
+            ) from None
 
 
 # The member seed is `seed`; a fold's training seed derives from it.
@@ -192,12 +203,20 @@ class FoldOutput:
     norm: LogitNorm  # every logit above is normalised with it
 
 
-def logits_by_key(model: RoadworkHead, data: CacheData, config: HeadConfig, rows: np.ndarray,
-                  variants: list[str], device: torch.device) -> dict[str, np.ndarray]:
+def logits_by_key(
+    model: RoadworkHead,
+    data: CacheData,
+    config: HeadConfig,
+    rows: np.ndarray,
+    variants: list[str],
+    device: torch.device,
+) -> dict[str, np.ndarray]:
     meta = metadata_batch(config, data).select(torch.from_numpy(rows))
-    return {f"{v}:{m}": head_logits(model, data.features[v][rows],
-                                    meta if m == "all" else None, device)
-            for v in variants for m in METAS}
+    return {
+        f"{v}:{m}": head_logits(model, data.features[v][rows], meta if m == "all" else None, device)
+        for v in variants
+        for m in METAS
+    }
 
 
 def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
@@ -208,9 +227,15 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
     model = RoadworkHead(config)
     data = ctx.data
     cfg = TrainConfig.from_dict({**job.train, "seed": job.seed})
-    trainer = Trainer(model, cfg, [data.features[v] for v in job.variants], data.labels,
-                      metadata_batch(config, data), ctx.device,
-                      eval_features=data.features["clean"])
+    trainer = Trainer(
+        model,
+        cfg,
+        [data.features[v] for v in job.variants],
+        data.labels,
+        metadata_batch(config, data),
+        ctx.device,
+        eval_features=data.features["clean"],
+    )
     result = trainer.fit(job.train_rows, job.val_rows, job.weights, on_epoch)
     save_weights(model, Path(job.folder))
     spec = ctx.spec
@@ -222,16 +247,25 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
 
     target = {}
     if ctx.target is not None:
-        target = logits_by_key(model, ctx.target, config, spec.target_rows,
-                               spec.target_variants, ctx.device)
+        target = logits_by_key(
+            model, ctx.target, config, spec.target_rows, spec.target_variants, ctx.device
+        )
     return FoldOutput(
-        job.member, job.fold, result.best_epoch, result.best_val_mcc, len(result.history),
+        job.member,
+        job.fold,
+        result.best_epoch,
+        result.best_val_mcc,
+        len(result.history),
         time.perf_counter() - start,
-        val=normed(logits_by_key(model, data, config, job.val_rows, spec.eval_variants,
-                                 ctx.device)),
-        test=normed(logits_by_key(model, data, config, spec.test_rows, spec.eval_variants,
-                                  ctx.device)),
-        target=normed(target), full=norm.apply(full), norm=norm,
+        val=normed(
+            logits_by_key(model, data, config, job.val_rows, spec.eval_variants, ctx.device)
+        ),
+        test=normed(
+            logits_by_key(model, data, config, spec.test_rows, spec.eval_variants, ctx.device)
+        ),
+        target=normed(target),
+        full=norm.apply(full),
+        norm=norm,
     )
 
 
@@ -243,8 +277,7 @@ def _init_worker(spec: ContextSpec) -> None:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     data = load_cache_data(spec.cache, spec.variants)
-    target = load_cache_data(spec.target_cache, spec.target_variants) if spec.target_cache \
-        else None
+    target = load_cache_data(spec.target_cache, spec.target_variants) if spec.target_cache else None
     _WORKER = Context(spec, data, target, torch.device(spec.device))
 
 
@@ -271,10 +304,12 @@ def run_folds(
             if on_done:
                 on_done(outputs[-1])
         return outputs
-    spec = ContextSpec(**{**asdict(ctx.spec),
-                          "threads": max(1, (os.cpu_count() or 1) // n_workers)})
-    with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"),
-                                initializer=_init_worker, initargs=(spec,)) as pool:
+    spec = ContextSpec(
+        **{**asdict(ctx.spec), "threads": max(1, (os.cpu_count() or 1) // n_workers)}
+    )
+    with cf.ProcessPoolExecutor(
+        n_workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(spec,)
+    ) as pool:
         futures = [pool.submit(_run_in_worker, job) for job in jobs]
         for future in cf.as_completed(futures):
             outputs.append(future.result())

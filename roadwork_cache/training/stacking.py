@@ -117,8 +117,10 @@ class Combination:
         """Member logits [n, M] -> combined logit [n]."""
         z = np.asarray(logits, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != len(self.weights):
-            raise UserError(f"the {self.method} combination takes {len(self.weights)} member "
-                            f"logits per row, got an array of shape {list(z.shape)}")
+            raise UserError(
+                f"the {self.method} combination takes {len(self.weights)} member "
+                f"logits per row, got an array of shape {list(z.shape)}"
+            )
         return z @ np.asarray(self.weights, dtype=np.float64) + self.bias
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,9 +129,12 @@ class Combination:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Combination:
         try:
-            return cls(method=str(data["method"]), members=list(data["members"]),
-                       weights=[float(w) for w in data["weights"]],
-                       bias=float(data.get("bias", 0.0)))
+            return cls(
+                method=str(data["method"]),
+                members=list(data["members"]),
+                weights=[float(w) for w in data["weights"]],
+                bias=float(data.get("bias", 0.0)),
+            )
         except (KeyError, TypeError, ValueError):
             raise UserError("the meta-learner needs 'method', 'members' and 'weights'") from None
 
@@ -150,8 +155,7 @@ def fit_combination(
     if method == "stacked":
         # Logits are on one scale already; mild L2 (C=1) keeps correlated members stable.
         lr = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(z, y)
-        return Combination(method, list(members), lr.coef_[0].tolist(),
-                           float(lr.intercept_[0]))
+        return Combination(method, list(members), lr.coef_[0].tolist(), float(lr.intercept_[0]))
     raise UserError(f"unknown combination method {method!r} (known: {', '.join(METHODS)})")
 
 
@@ -164,8 +168,7 @@ def fold_combinations(
     seed: int = 0,
 ) -> list[Combination]:
     """One combination per fold, each fitted on the other folds' rows."""
-    return [fit_combination(method, logits[train], y[train], members, seed)
-            for train, _ in folds]
+    return [fit_combination(method, logits[train], y[train], members, seed) for train, _ in folds]
 
 
 def apply_folds(
