@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import zarr
 
-from roadwork_cache.store import Cache
+from roadwork_cache.store.cache import Cache
 
 MB = 1e6
 GOAL = 1.25

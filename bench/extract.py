@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from roadwork_cache.backbone import FrozenBackbone, get_preset, random_model
-from roadwork_cache.batching import view_loader
-from roadwork_cache.data.sources import open_source
-from roadwork_cache.data.synth import write_synthetic
+from roadwork_cache.backbone.loading import FrozenBackbone, get_preset, random_model
+from roadwork_cache.readers.sources import open_source
 from roadwork_cache.stages.extract import default_workers, extract_variants
-from roadwork_cache.views import N_VIEWS
+from roadwork_cache.synth.scene import write_synthetic
+from roadwork_cache.views.batching import view_loader
+from roadwork_cache.views.geometry import N_VIEWS
 
 
 def sync(device: torch.device) -> None:

@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-from roadwork_cache.backbone import FrozenBackbone, get_preset, random_model
+from roadwork_cache.backbone.loading import FrozenBackbone, get_preset, random_model
 from roadwork_cache.heads import HeadConfig, MetadataBatch, RoadworkHead
 from roadwork_cache.training.loop import TrainConfig, Trainer
-from roadwork_cache.views import N_VIEWS
+from roadwork_cache.views.geometry import N_VIEWS
 
 
 def planted(rows: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 app = typer.Typer(
     help="Roadwork / no-roadwork classification on a frozen DINOv3 backbone, as a two-stage "
@@ -55,8 +55,8 @@ def synth(
     (many small and far away), negatives have none; frames come in videos; GPS, tags and
     scene descriptions follow the real data's columns and NULL patterns.
     """
-    from roadwork_cache.data.synth import write_synthetic
-    from roadwork_cache.progress import console, progress_bar
+    from roadwork_cache.runtime.progress import console, progress_bar
+    from roadwork_cache.synth.scene import write_synthetic
 
     with progress_bar() as bar:
         task = bar.add_task("synth", total=rows, rate="")
@@ -154,9 +154,9 @@ def extract(
     status 'error' and the run goes on. Multi-GPU: torchrun --nproc-per-node N -m
     roadwork_cache.cli extract ... (same arguments).
     """
-    from roadwork_cache.progress import console
+    from roadwork_cache.runtime.progress import console
     from roadwork_cache.stages.extract import ExtractConfig, run_extract, summary_table
-    from roadwork_cache.variants import parse_variants
+    from roadwork_cache.views.variants import parse_variants
 
     if batch_size < 1 or shard_rows < 1:
         raise UserError("--batch-size and --shard-rows must be at least 1")
@@ -281,7 +281,7 @@ def train_head(
     beside a logistic-regression baseline on the global view.
     """
 
-    from roadwork_cache.progress import console
+    from roadwork_cache.runtime.progress import console
     from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
     from roadwork_cache.training.loop import TrainConfig
 
@@ -444,7 +444,7 @@ def ensemble(
     a target set; --distill trains one student. One table compares every member and
     combination, with and without metadata, clean and natix."""
 
-    from roadwork_cache.progress import console
+    from roadwork_cache.runtime.progress import console
     from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
     from roadwork_cache.training.dora import DoraSettings
     from roadwork_cache.training.loop import TrainConfig
@@ -541,10 +541,10 @@ def tta(
     the image's probability is the weighted mean. Prints one table (MCC, accuracy, reward,
     AUC, metadata-free) when the split has labels.
     """
-    from roadwork_cache.progress import console
+    from roadwork_cache.inference.foods import FoodsSettings
+    from roadwork_cache.runtime.progress import console
     from roadwork_cache.stages.tta import TtaOptions, run_tta
-    from roadwork_cache.tta import FoodsSettings
-    from roadwork_cache.variants import parse_variants
+    from roadwork_cache.views.variants import parse_variants
 
     opts = TtaOptions(
         cache=cache,
@@ -629,9 +629,9 @@ def predict(
     An unreadable image gets an error line and the others still get answers; the exit
     status is then 1.
     """
-    from roadwork_cache.progress import console
+    from roadwork_cache.runtime.progress import console
     from roadwork_cache.stages.predict import PredictOptions, answers_table, run_predict
-    from roadwork_cache.variants import parse_variants
+    from roadwork_cache.views.variants import parse_variants
 
     opts = PredictOptions(
         inputs=images,
@@ -702,7 +702,7 @@ def cache_info(
 ) -> None:
     """Rows, splits, labels, statuses, arrays (shapes, dtypes), backbone and recipes."""
     from roadwork_cache.stages.info import cache_info_table
-    from roadwork_cache.store import Cache, to_json
+    from roadwork_cache.store.cache import Cache, to_json
 
     info = Cache.open(path).info()
     if json_out:
@@ -727,9 +727,9 @@ def cache_verify(
 ) -> None:
     """Check that every shard is complete, unchanged since written and finite; name what is
     not. Exit 1 when anything is wrong."""
-    from roadwork_cache.progress import console, progress_bar
-    from roadwork_cache.store import Cache, verify, verify_arrays
-    from roadwork_cache.store import repair as repair_cache
+    from roadwork_cache.runtime.progress import console, progress_bar
+    from roadwork_cache.store.cache import Cache, verify, verify_arrays
+    from roadwork_cache.store.cache import repair as repair_cache
 
     cache = Cache.open(path, mode="a" if repair else "r")
     with progress_bar() as bar:

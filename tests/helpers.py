@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from roadwork_cache.data.schema import NATIX_COLUMNS
+from roadwork_cache.readers.schema import NATIX_COLUMNS
 
 
 def jpeg(colour=(90, 90, 90), size=(32, 24)) -> bytes:
@@ -89,7 +89,7 @@ def planted_cache(
     """
     import numpy as np
 
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     rng = np.random.default_rng(seed)
     labels = (rng.random(n) < 0.5).astype(int)

@@ -9,13 +9,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import DINOv3ViTModel
 
-from roadwork_cache.backbone import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    PRESETS,
-    load_backbone,
-)
-from roadwork_cache.errors import UserError
+from roadwork_cache.backbone.loading import IMAGENET_MEAN, IMAGENET_STD, PRESETS, load_backbone
+from roadwork_cache.runtime.errors import UserError
 
 TINY = PRESETS["tiny"]
 
@@ -42,7 +37,7 @@ def test_tiny_is_the_same_model_in_every_process_and_leaves_the_rng_alone(views)
     b = load_backbone("tiny", view_size=32)
     assert torch.equal(a(views), b(views))
     code = (
-        "from roadwork_cache.backbone import load_backbone; print(load_backbone('tiny')"
+        "from roadwork_cache.backbone.loading import load_backbone; print(load_backbone('tiny')"
         ".info['state_sha256'])"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,9 +4,9 @@ their order, and workers give exactly the views of a single-variant, in-process 
 import numpy as np
 import pytest
 
-from roadwork_cache.batching import variant_batches, view_loader
-from roadwork_cache.data.sources import open_source
-from roadwork_cache.data.synth import write_synthetic
+from roadwork_cache.readers.sources import open_source
+from roadwork_cache.synth.scene import write_synthetic
+from roadwork_cache.views.batching import variant_batches, view_loader
 
 
 def test_variant_batches_cover_every_index_once_without_mixing_variants():

@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from helpers import run_cli
-from roadwork_cache.bundle import load_bundle, load_head
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.inference.bundles import load_bundle, load_head
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
 from roadwork_cache.training.distill import DistillConfig
 from roadwork_cache.training.dora import DoraSettings, merge, with_dora
@@ -65,7 +65,7 @@ def signal_cache(
     variants=("clean", "aug-0", "aug-1", "natix-0"),
 ):
     """A finished cache with the two planted signals (see the module docstring)."""
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(np.random.default_rng(99).normal(size=(DIM, DIM)))[0]
@@ -254,7 +254,7 @@ def test_manifest_round_trip_gives_the_stage_predictions(run):
     result, root = run
     out = root / "ens"
     bundle = load_bundle(out)
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     feats = Cache.open(root / "source").features("clean").astype(np.float32)
     table = pq.read_table(out / "predictions.parquet").to_pydict()

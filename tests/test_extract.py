@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import natix_row, run_cli, write_shard
-from roadwork_cache.store import Cache
+from roadwork_cache.store.cache import Cache
 
 ARGS = ("--view-size", "32", "--shard-rows", "4", "--workers", "0", "--no-progress")
 

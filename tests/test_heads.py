@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import (
     HeadConfig,
     HeadOutput,
@@ -20,6 +19,7 @@ from roadwork_cache.heads.attention import GatedAttentionBlock, GatedAttentionSt
 from roadwork_cache.heads.gafm import GAFM
 from roadwork_cache.heads.layers import InputProjection, MultiScalePyramid, SwiGLU
 from roadwork_cache.heads.pruning import TokenPruning
+from roadwork_cache.runtime.errors import UserError
 
 B, V, D = 4, 12, 32
 

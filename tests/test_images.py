@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from roadwork_cache.data.images import MIN_SIDE, ImageError, decode_image
+from roadwork_cache.readers.images import MIN_SIDE, ImageError, decode_image
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

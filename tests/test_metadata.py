@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from roadwork_cache.data import metadata as md
+from roadwork_cache.readers import metadata as md
 
 
 @pytest.mark.parametrize(

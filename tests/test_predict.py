@@ -17,13 +17,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from helpers import run_cli, shared_real
-from roadwork_cache.bundle import load_bundle
-from roadwork_cache.data.images import ImageError
-from roadwork_cache.detector import image_views
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.inference.bundles import load_bundle
+from roadwork_cache.inference.predictor import image_views
+from roadwork_cache.readers.images import ImageError
 from roadwork_cache.stages.extract import ExtractConfig, run_extract
 from roadwork_cache.stages.predict import PredictOptions, run_predict
-from roadwork_cache.store import Cache
+from roadwork_cache.store.cache import Cache
 
 REAL = shared_real()
 VIEW_SIZE = 64  # JPEG draft decoding stays off for the 256 px photo: file and PIL paths agree
@@ -263,7 +263,7 @@ def test_empty_folder_and_incomplete_model_are_one_sentence(monkeypatch, capsys,
 
 
 def test_demo_refuses_a_used_folder_and_variants_without_tta(tmp_path):
-    from roadwork_cache.errors import UserError
+    from roadwork_cache.runtime.errors import UserError
     from roadwork_cache.stages.demo import DemoOptions, run_demo
 
     (tmp_path / "used").mkdir()

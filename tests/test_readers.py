@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import jpeg, natix_row, write_shard
-from roadwork_cache.data.natix import NatixParquetReader, split_from_path
-from roadwork_cache.data.sources import open_source
-from roadwork_cache.errors import UserError
+from roadwork_cache.readers.natix import NatixParquetReader, split_from_path
+from roadwork_cache.readers.sources import open_source
+from roadwork_cache.runtime.errors import UserError
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import planted_cache, run_cli
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.stages.report import (
     GroupScore,
     choose_set,
@@ -23,7 +23,7 @@ from roadwork_cache.stages.report import (
     write_report,
 )
 from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
-from roadwork_cache.store import Cache
+from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.metrics import binary_metrics
 

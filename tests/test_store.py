@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from roadwork_cache.errors import UserError
-from roadwork_cache.store import Cache, _plain_sharded, read_whole, shard_ranges
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.store.cache import Cache, _plain_sharded, read_whole, shard_ranges
 
 
 def make_cache(root, n=37, shard_rows=16, chunk_rows=4, dim=8):

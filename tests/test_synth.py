@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from roadwork_cache.data.schema import NATIX_COLUMNS
-from roadwork_cache.data.synth import (
+from roadwork_cache.readers.schema import NATIX_COLUMNS
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.synth.scene import (
     ALTERATIONS,
     CITIES,
     DAYTIMES,
@@ -26,7 +27,6 @@ from roadwork_cache.data.synth import (
     render_scene,
     write_synthetic,
 )
-from roadwork_cache.errors import UserError
 
 SHARD_NAME = re.compile(r"^(train|test)-(\d{5})-of-(\d{5})\.parquet$")
 GPS = re.compile(r"^\[(-?\d+(?:\.\d+)?), (-?\d+(?:\.\d+)?)\]$")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from helpers import shared_real
-from roadwork_cache.text import TEXT_DIM, TextEncoder
+from roadwork_cache.backbone.text import TEXT_DIM, TextEncoder
 
 REAL = shared_real() / "descriptions.json"
 

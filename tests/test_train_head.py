@@ -86,7 +86,7 @@ def test_pruning_keeps_the_planted_views(trained):
     model = RoadworkHead(HeadConfig.from_dict(config["head"]))
     model.load_state_dict(load_file(root / "run" / "model.safetensors"))
     model.eval()
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     feats = torch.from_numpy(Cache.open(root / "cache").features().astype(np.float32))
     pos = np.flatnonzero(labels)
@@ -165,7 +165,7 @@ def test_bad_input_is_one_sentence(monkeypatch, capsys, tmp_path, extra, message
 
 
 def test_cache_without_labels(monkeypatch, capsys, tmp_path):
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     cache, _, _ = planted_cache(tmp_path / "cache", n=30)
     table = Cache.open(cache).samples()

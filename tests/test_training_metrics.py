@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.metrics import (
     best_threshold,
     binary_metrics,

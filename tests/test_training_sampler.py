@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from geopy.distance import great_circle
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.sampler import (
     EARTH_RADIUS_KM,
     gps_weights,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.splits import group_codes, grouped_folds, grouped_split
 
 

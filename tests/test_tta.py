@@ -8,12 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import run_cli
-from roadwork_cache.errors import UserError
-from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
-from roadwork_cache.store import Cache
-from roadwork_cache.training.loop import TrainConfig
-from roadwork_cache.training.metrics import binary_metrics
-from roadwork_cache.tta import (
+from roadwork_cache.inference.foods import (
     STATS_FILE,
     FoodsSettings,
     FoodsStats,
@@ -24,6 +19,11 @@ from roadwork_cache.tta import (
     uniform_weights,
     weighted_probability,
 )
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
+from roadwork_cache.store.cache import Cache
+from roadwork_cache.training.loop import TrainConfig
+from roadwork_cache.training.metrics import binary_metrics
 
 SMALL_HEAD = {
     "dim": 32,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadwork_cache.data.synth import render_scene
-from roadwork_cache.errors import UserError
-from roadwork_cache.variants import (
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.synth.scene import render_scene
+from roadwork_cache.views.variants import (
     BLUR_KERNEL,
     CHALLENGE_SIZE,
     CONTRAST,

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from roadwork_cache.views import N_VIEWS, VIEW_NAMES, render_views, view_boxes
+from roadwork_cache.views.geometry import N_VIEWS, VIEW_NAMES, render_views, view_boxes
 
 SIZES = [(4032, 3024), (1920, 1080), (224, 224), (1080, 1920), (3024, 4032)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 META_FIELDS: tuple[str, ...] = ("gps", "weather", "daytime", "scene", "text")
 

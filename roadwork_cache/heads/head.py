@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads.attention import GatedAttentionStack
 from roadwork_cache.heads.config import HeadConfig
 from roadwork_cache.heads.gafm import GAFM
 from roadwork_cache.heads.layers import InputProjection, MultiScalePyramid
 from roadwork_cache.heads.metadata import MetadataBatch, MetadataEncoder
 from roadwork_cache.heads.pruning import TokenPruning
+from roadwork_cache.runtime.errors import UserError
 
 
 @dataclass

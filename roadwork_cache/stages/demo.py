@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from rich.table import Table
 
-from roadwork_cache.errors import UserError
-from roadwork_cache.progress import console
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.progress import console
 
 # A head small enough to train in seconds per epoch on two CPU cores.
 DEMO_HEAD: dict[str, Any] = {
@@ -114,14 +114,14 @@ def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path 
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Path]:
-    from roadwork_cache.data.synth import write_synthetic
     from roadwork_cache.stages.extract import ExtractConfig, run_extract, summary_table
     from roadwork_cache.stages.predict import PredictOptions, answers_table, run_predict
     from roadwork_cache.stages.report import write_report
     from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
     from roadwork_cache.stages.tta import TtaOptions, run_tta
+    from roadwork_cache.synth.scene import write_synthetic
     from roadwork_cache.training.loop import TrainConfig
-    from roadwork_cache.variants import parse_variants
+    from roadwork_cache.views.variants import parse_variants
 
     variants = parse_variants(opts.variants)
     if not any(v.startswith("tta-") for v in variants):

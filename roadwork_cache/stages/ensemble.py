@@ -38,12 +38,12 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 
 from roadwork_cache import __version__
-from roadwork_cache.bundle import load_head
-from roadwork_cache.ensemble_bundle import FORMAT_VERSION, MANIFEST, load_ensemble
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.io import save_weights
-from roadwork_cache.progress import console, progress_bar
+from roadwork_cache.inference.bundles import load_head
+from roadwork_cache.inference.ensemble_bundle import FORMAT_VERSION, MANIFEST, load_ensemble
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.stages.train_head import (
     TrainHeadOptions,
@@ -190,7 +190,7 @@ def resolve_target(
             f"--target {opts.target} is the members' own cache, whose training rows "
             "they have seen; leave --target out to adapt to its test split"
         )
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     available = Cache.open(path).variants()
     t_train = train_variants(available, None)
@@ -447,7 +447,7 @@ def prepare(opts: EnsembleOptions) -> Prepared:
     all bad input is refused here, before the first epoch."""
     specs = load_members(opts.members)
     check_options(opts, [s.name for s in specs])
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     available = Cache.open(opts.cache).variants()
     base_variants = train_variants(available, opts.variants)
@@ -1227,7 +1227,7 @@ def speed(
 ) -> dict[str, float]:
     """Rows per second of the deployed ensemble (every head of every member) and of the
     student, on the same rows and device (metadata-free, as deployed)."""
-    from roadwork_cache.bundle import load_bundle
+    from roadwork_cache.inference.bundles import load_bundle
 
     rows = test_idx if len(test_idx) else np.arange(len(data))
     feats = data.features["clean"][rows[:2048]]

@@ -24,16 +24,16 @@ import torch
 from rich.table import Table
 
 from roadwork_cache import __version__
-from roadwork_cache.backbone import POOLS, FrozenBackbone, get_preset, load_backbone
-from roadwork_cache.batching import ViewBatch, view_loader
-from roadwork_cache.data.schema import Sample
-from roadwork_cache.data.sources import open_source
-from roadwork_cache.distributed import close_ranks, init_ranks
-from roadwork_cache.errors import UserError
-from roadwork_cache.progress import console, progress_bar
-from roadwork_cache.store import Cache, ShardRange, writer_lock
-from roadwork_cache.variants import check_variant, recipe
-from roadwork_cache.views import LAYOUT, N_VIEWS, VIEW_NAMES
+from roadwork_cache.backbone.loading import POOLS, FrozenBackbone, get_preset, load_backbone
+from roadwork_cache.readers.schema import Sample
+from roadwork_cache.readers.sources import open_source
+from roadwork_cache.runtime.distributed import close_ranks, init_ranks
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.progress import console, progress_bar
+from roadwork_cache.store.cache import Cache, ShardRange, writer_lock
+from roadwork_cache.views.batching import ViewBatch, view_loader
+from roadwork_cache.views.geometry import LAYOUT, N_VIEWS, VIEW_NAMES
+from roadwork_cache.views.variants import check_variant, recipe
 
 
 @dataclass
@@ -322,7 +322,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
             mine = ranks.mine(work)
             text_encoder = None
             if cfg.text and any(s.index not in cache.done_shards("text") for s, _ in mine):
-                from roadwork_cache.text import TextEncoder
+                from roadwork_cache.backbone.text import TextEncoder
 
                 text_encoder = TextEncoder(device=str(device))
             summary = ExtractSummary(
@@ -403,7 +403,7 @@ def write_shard(
 def shard_rows_only(samples: list[Sample], cfg: ExtractConfig) -> list[dict]:
     """samples.parquet rows from decoding alone (no backbone), for a shard whose clean
     features survived an interrupted run but whose rows were not yet written."""
-    from roadwork_cache.data.images import ImageError, decode_image
+    from roadwork_cache.readers.images import ImageError, decode_image
 
     rows = []
     for sample in samples:

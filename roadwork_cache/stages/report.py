@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.metrics import binary_metrics, predict
 from roadwork_cache.training.sampler import haversine_km, target_centres
 
@@ -144,7 +144,7 @@ def load_samples(cache: str | None) -> tuple[dict[str, dict[str, Any]] | None, s
         return None, "config.json records no cache folder"
     if not Path(cache).exists():
         return None, f"the cache folder {cache} recorded in config.json no longer exists"
-    from roadwork_cache.store import Cache  # imports zarr: only when there is a cache to read
+    from roadwork_cache.store.cache import Cache
 
     try:
         table = Cache.open(cache).samples()

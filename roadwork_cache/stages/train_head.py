@@ -26,10 +26,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from roadwork_cache import __version__
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.io import save_weights
-from roadwork_cache.progress import console, progress_bar
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.training.dataset import (
     CacheData,
@@ -292,7 +292,7 @@ def save_curve(history: list[EpochLog], path: Path) -> None:
 def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     device = resolve_device(opts.device)
     torch.manual_seed(opts.train.seed)
-    from roadwork_cache.store import Cache
+    from roadwork_cache.store.cache import Cache
 
     available = Cache.open(opts.cache).variants()
     variants = train_variants(available, opts.variants)

@@ -24,14 +24,8 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from roadwork_cache import __version__
-from roadwork_cache.bundle import Bundle, load_bundle
-from roadwork_cache.errors import UserError
-from roadwork_cache.progress import console, progress_bar
-from roadwork_cache.stages.extract import resolve_device
-from roadwork_cache.store import Cache
-from roadwork_cache.training.dataset import CacheData, load_cache_data
-from roadwork_cache.training.metrics import binary_metrics
-from roadwork_cache.tta import (
+from roadwork_cache.inference.bundles import Bundle, load_bundle
+from roadwork_cache.inference.foods import (
     STATS_FILE,
     FoodsSettings,
     FoodsStats,
@@ -42,7 +36,13 @@ from roadwork_cache.tta import (
     uniform_weights,
     weighted_probability,
 )
-from roadwork_cache.variants import check_variant
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.progress import console, progress_bar
+from roadwork_cache.stages.extract import resolve_device
+from roadwork_cache.store.cache import Cache
+from roadwork_cache.training.dataset import CacheData, load_cache_data
+from roadwork_cache.training.metrics import binary_metrics
+from roadwork_cache.views.variants import check_variant
 
 METHODS = ("none", "mean", "foods")
 METHOD_NAMES = {"none": "no TTA (clean)", "mean": "mean-TTA", "foods": "FOODS"}

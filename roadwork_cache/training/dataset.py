@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, MetadataBatch
-from roadwork_cache.store import Cache
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.store.cache import Cache
 
 # Metadata fields a head can read, with the samples.parquet column that feeds each, and the
 # columns the leakage audit also looks at (never fed to a head).

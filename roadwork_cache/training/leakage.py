@@ -18,7 +18,7 @@ import numpy as np
 from rich.table import Table
 from sklearn.metrics import matthews_corrcoef
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 DEFAULT_BOUND = 0.3
 DEFAULT_MIN_SUPPORT = 0.01

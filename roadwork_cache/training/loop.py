@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.losses import LossParts, LossWeights, total_loss
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 
 def focal_loss(

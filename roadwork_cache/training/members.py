@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.io import save_weights
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
 from roadwork_cache.training.losses import LossWeights

@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 
 def subnet_reward(mcc: float, acc: float) -> float:

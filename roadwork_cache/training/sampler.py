@@ -18,7 +18,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch.utils.data import WeightedRandomSampler
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 # Mean Earth radius, the value geopy's great_circle uses, so the two agree to rounding.
 EARTH_RADIUS_KM = 6371.009

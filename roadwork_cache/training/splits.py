@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 # Split names are matched case-insensitively; a few common synonyms are accepted.
 VAL_NAMES = frozenset({"val", "validation", "valid", "dev"})

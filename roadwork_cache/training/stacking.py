@@ -25,8 +25,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import MetadataBatch
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.loop import autocast
 from roadwork_cache.training.metrics import best_threshold, binary_metrics, fold_threshold
 

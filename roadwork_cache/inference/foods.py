@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 DISTANCES = ("mahalanobis", "euclidean")
 STATS_FILE = "foods.safetensors"

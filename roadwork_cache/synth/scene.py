@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from roadwork_cache.data.schema import NATIX_COLUMNS
-from roadwork_cache.errors import UserError
+from roadwork_cache.readers.schema import NATIX_COLUMNS
+from roadwork_cache.runtime.errors import UserError
 
 __all__ = ["render_scene", "write_synthetic"]
 

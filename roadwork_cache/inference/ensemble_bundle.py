@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from roadwork_cache.bundle import load_head
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
+from roadwork_cache.inference.bundles import load_head
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.loop import predict
 from roadwork_cache.training.stacking import Calibration, Combination, LogitNorm, head_logits
 

@@ -49,11 +49,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import get_worker_info
 
-from roadwork_cache.backbone import FrozenBackbone, load_backbone
-from roadwork_cache.bundle import Bundle, load_bundle
-from roadwork_cache.data.images import MAX_PIXELS, MIN_SIDE, ImageError, _to_rgb
-from roadwork_cache.errors import UserError
-from roadwork_cache.tta import (
+from roadwork_cache.backbone.loading import FrozenBackbone, load_backbone
+from roadwork_cache.inference.bundles import Bundle, load_bundle
+from roadwork_cache.inference.foods import (
     STATS_FILE,
     FoodsStats,
     foods_weights,
@@ -62,8 +60,10 @@ from roadwork_cache.tta import (
     uniform_weights,
     weighted_probability,
 )
-from roadwork_cache.variants import N_TTA, apply_variant, check_variant
-from roadwork_cache.views import LAYOUT, N_VIEWS, TILE_FRACTION, render_views
+from roadwork_cache.readers.images import MAX_PIXELS, MIN_SIDE, ImageError, _to_rgb
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.views.geometry import LAYOUT, N_VIEWS, TILE_FRACTION, render_views
+from roadwork_cache.views.variants import N_TTA, apply_variant, check_variant
 
 log = logging.getLogger(__name__)
 

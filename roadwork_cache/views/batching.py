@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from roadwork_cache.data.images import MAX_PIXELS, ImageError, decode_image
-from roadwork_cache.data.schema import Sample
-from roadwork_cache.variants import apply_variant, prepare_variants
-from roadwork_cache.views import N_VIEWS, TILE_FRACTION, render_views
+from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
+from roadwork_cache.readers.schema import Sample
+from roadwork_cache.views.geometry import N_VIEWS, TILE_FRACTION, render_views
+from roadwork_cache.views.variants import apply_variant, prepare_variants
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

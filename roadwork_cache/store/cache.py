@@ -37,7 +37,7 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, Endian, ShardingCodec, ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "roadwork-cache"

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from roadwork_cache.data.natix import sample_from_record
-from roadwork_cache.data.schema import Sample
-from roadwork_cache.errors import UserError
+from roadwork_cache.readers.natix import sample_from_record
+from roadwork_cache.readers.schema import Sample
+from roadwork_cache.runtime.errors import UserError
 
 SHORT_NAMES = {
     "vid_id": "video_info.vid_id",

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from roadwork_cache.errors import UserError
+from roadwork_cache.runtime.errors import UserError
 
 CHALLENGE_SIZE = 224  # the validator's TARGET_IMAGE_SIZE
 CHALLENGE_JPEG_QUALITY = 75  # PIL's default, what the challenge is encoded with

@@ -5,9 +5,9 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from roadwork_cache.data.folder import ImageFolderReader
-from roadwork_cache.data.natix import SPLIT_NAMES, NatixParquetReader, split_from_path
-from roadwork_cache.errors import UserError
+from roadwork_cache.readers.folder import ImageFolderReader
+from roadwork_cache.readers.natix import SPLIT_NAMES, NatixParquetReader, split_from_path
+from roadwork_cache.runtime.errors import UserError
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 Reader = NatixParquetReader | ImageFolderReader

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from roadwork_cache.errors import UserError
 from roadwork_cache.heads import HeadConfig, MetadataBatch, RoadworkHead
 from roadwork_cache.heads.io import WEIGHTS_FILE
+from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.loop import predict
 from roadwork_cache.training.metrics import fold_threshold
 
@@ -87,7 +87,7 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     if not folder.is_dir():
         raise UserError(f"model {path} is not a folder")
     if (folder / "manifest.json").is_file():
-        from roadwork_cache.ensemble_bundle import load_ensemble
+        from roadwork_cache.inference.ensemble_bundle import load_ensemble
 
         return load_ensemble(folder, device)
     model, config = load_head(folder, device)

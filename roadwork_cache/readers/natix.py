@@ -12,9 +12,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from roadwork_cache.data import metadata as md
-from roadwork_cache.data.schema import NATIX_COLUMNS, REQUIRED_COLUMNS, Sample
-from roadwork_cache.errors import UserError
+from roadwork_cache.readers import metadata as md
+from roadwork_cache.readers.schema import NATIX_COLUMNS, REQUIRED_COLUMNS, Sample
+from roadwork_cache.runtime.errors import UserError
 
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
 

@@ -1,0 +1,1 @@
+"""Runtime helpers beside every layer: errors, progress and output, devices, torchrun ranks."""

@@ -1,0 +1,1 @@
+"""Synthetic road scenes in the exact NATIX parquet format: demo and test data."""
