@@ -25,9 +25,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from roadwork_cache.backbone.loading import FrozenBackbone, get_preset, random_model
+from roadwork_cache.backbone.loading import random_model
+from roadwork_cache.backbone.model import FrozenBackbone
+from roadwork_cache.backbone.presets import get_preset
 from roadwork_cache.readers.sources import open_source
-from roadwork_cache.stages.extract import default_workers, extract_variants
+from roadwork_cache.runtime.devices import default_workers
+from roadwork_cache.stages.extract import extract_variants
 from roadwork_cache.synth.scene import write_synthetic
 from roadwork_cache.views.batching import view_loader
 from roadwork_cache.views.geometry import N_VIEWS

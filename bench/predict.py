@@ -33,14 +33,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roadwork_cache.backbone.loading import FrozenBackbone, get_preset, random_model
+from roadwork_cache.backbone.loading import random_model
+from roadwork_cache.backbone.model import FrozenBackbone
+from roadwork_cache.backbone.presets import get_preset
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.forward import head_outputs as head_predict
 from roadwork_cache.inference.foods import FoodsStats
 from roadwork_cache.inference.predictor import DEFAULT_TTA, Predictor
 from roadwork_cache.stages.predict import PredictOptions, run_predict
 from roadwork_cache.synth.scene import render_scene
-from roadwork_cache.training.loop import predict as head_predict
-from roadwork_cache.views.variants import CHALLENGE_SIZE, jpeg_round_trip
+from roadwork_cache.views.challenge import CHALLENGE_SIZE, jpeg_round_trip
 
 
 class MeanEnsemble:

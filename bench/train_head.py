@@ -19,7 +19,9 @@ import time
 import numpy as np
 import torch
 
-from roadwork_cache.backbone.loading import FrozenBackbone, get_preset, random_model
+from roadwork_cache.backbone.loading import random_model
+from roadwork_cache.backbone.model import FrozenBackbone
+from roadwork_cache.backbone.presets import get_preset
 from roadwork_cache.heads import HeadConfig, MetadataBatch, RoadworkHead
 from roadwork_cache.training.loop import TrainConfig, Trainer
 from roadwork_cache.views.geometry import N_VIEWS

@@ -728,8 +728,9 @@ def cache_verify(
     """Check that every shard is complete, unchanged since written and finite; name what is
     not. Exit 1 when anything is wrong."""
     from roadwork_cache.runtime.progress import console, progress_bar
-    from roadwork_cache.store.cache import Cache, verify, verify_arrays
-    from roadwork_cache.store.cache import repair as repair_cache
+    from roadwork_cache.store.cache import Cache
+    from roadwork_cache.store.verify import repair as repair_cache
+    from roadwork_cache.store.verify import verify, verify_arrays
 
     cache = Cache.open(path, mode="a" if repair else "r")
     with progress_bar() as bar:

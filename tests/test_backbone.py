@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import DINOv3ViTModel
 
-from roadwork_cache.backbone.loading import IMAGENET_MEAN, IMAGENET_STD, PRESETS, load_backbone
+from roadwork_cache.backbone.loading import load_backbone
+from roadwork_cache.backbone.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS
 from roadwork_cache.runtime.errors import UserError
 
 TINY = PRESETS["tiny"]

@@ -25,6 +25,7 @@ import torch
 
 from helpers import run_cli
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.forward import head_logits
 from roadwork_cache.inference.bundles import load_bundle, load_head
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
@@ -33,7 +34,7 @@ from roadwork_cache.training.dora import DoraSettings, merge, with_dora
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.members import MemberSpec
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
-from roadwork_cache.training.stacking import calibrate, head_logits
+from roadwork_cache.training.stacking import calibrate
 
 DIM = 16
 SMALL_HEAD = {
@@ -235,7 +236,7 @@ def test_folded_threshold_makes_one_half_optimal_on_the_calibration_rows(run):
         method = manifest["method"]
         z = np.array(table[f"{method}+dora"])
         y = np.array(table["label"])
-        from roadwork_cache.training.stacking import Calibration
+        from roadwork_cache.heads.combine import Calibration
 
         p = Calibration(manifest["temperature"], manifest["threshold"]).folded(z)
     assert best_threshold(y, p) == 0.5

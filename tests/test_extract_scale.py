@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from helpers import run_cli
-from roadwork_cache.store.cache import Cache, writer_lock
+from roadwork_cache.store.cache import Cache
+from roadwork_cache.store.lock import writer_lock
 from roadwork_cache.synth.scene import write_synthetic
 
 COMMON = ("--view-size", "32", "--shard-rows", "4", "--workers", "0", "--no-progress", "--no-text")

@@ -19,11 +19,11 @@ from safetensors.torch import save_file
 from helpers import run_cli, shared_real
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.inference.bundles import load_bundle
-from roadwork_cache.inference.predictor import image_views
 from roadwork_cache.readers.images import ImageError
 from roadwork_cache.stages.extract import ExtractConfig, run_extract
 from roadwork_cache.stages.predict import PredictOptions, run_predict
 from roadwork_cache.store.cache import Cache
+from roadwork_cache.views.batching import image_views
 
 REAL = shared_real()
 VIEW_SIZE = 64  # JPEG draft decoding stays off for the 256 px photo: file and PIL paths agree

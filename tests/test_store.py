@@ -7,7 +7,8 @@ import pytest
 import zarr
 
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.store.cache import Cache, _plain_sharded, read_whole, shard_ranges
+from roadwork_cache.store.cache import Cache, shard_ranges
+from roadwork_cache.store.fastread import _plain_sharded, read_whole
 
 
 def make_cache(root, n=37, shard_rows=16, chunk_rows=4, dim=8):

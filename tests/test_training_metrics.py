@@ -5,14 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from roadwork_cache.heads.combine import fold_logits, fold_threshold
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.training.metrics import (
-    best_threshold,
-    binary_metrics,
-    fold_logits,
-    fold_threshold,
-    subnet_reward,
-)
+from roadwork_cache.training.metrics import best_threshold, binary_metrics, subnet_reward
 
 
 def test_reward_formula_and_negative_mcc_clipped():

@@ -6,14 +6,13 @@ from PIL import Image
 
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.synth.scene import render_scene
-from roadwork_cache.views.variants import (
+from roadwork_cache.views.challenge import (
     BLUR_KERNEL,
     CHALLENGE_SIZE,
     CONTRAST,
     JPEG_FACTOR,
     NOISE_VAR,
     SATURATION,
-    apply_variant,
     colour_contrast,
     colour_saturation,
     gaussian_blur,
@@ -21,11 +20,8 @@ from roadwork_cache.views.variants import (
     jpeg_resample,
     jpeg_round_trip,
     natix_params,
-    parse_variants,
-    recipe,
-    rng_for,
-    tta_image,
 )
+from roadwork_cache.views.variants import apply_variant, parse_variants, recipe, rng_for, tta_image
 
 
 @pytest.fixture(scope="module")

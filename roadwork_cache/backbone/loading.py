@@ -14,80 +14,16 @@ the patch tokens (CLS and register tokens excluded).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from roadwork_cache.backbone.model import FrozenBackbone
+from roadwork_cache.backbone.presets import TINY_SEED, Preset, get_preset
 from roadwork_cache.runtime.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-POOLS = ("cls", "cls+mean")
-TINY_SEED = 20250814  # fixed: the tiny preset's weights are part of its definition
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A DINOv3 size: its transformers config and the timm model that has the same shape."""
-
-    name: str
-    embed_dim: int
-    depth: int
-    heads: int
-    ffn_dim: int
-    gated_mlp: bool
-    timm_name: str
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
-    registers: int = 4
-    patch_size: int = 16
-    view_size: int = 512
-
-    def hf_config(self) -> Any:
-        from transformers import DINOv3ViTConfig
-
-        return DINOv3ViTConfig(
-            hidden_size=self.embed_dim,
-            num_hidden_layers=self.depth,
-            num_attention_heads=self.heads,
-            intermediate_size=self.ffn_dim,
-            use_gated_mlp=self.gated_mlp,
-            hidden_act="silu" if self.gated_mlp else "gelu",
-            num_register_tokens=self.registers,
-            patch_size=self.patch_size,
-            image_size=self.view_size,
-            layerscale_value=1e-5,
-            key_bias=False,
-        )
-
-
-PRESETS: dict[str, Preset] = {
-    "vith16plus": Preset("vith16plus", 1280, 32, 20, 5120, True, "vit_huge_plus_patch16_dinov3"),
-    "vitl16": Preset("vitl16", 1024, 24, 16, 4096, False, "vit_large_patch16_dinov3"),
-    "vitb16": Preset("vitb16", 768, 12, 12, 3072, False, "vit_base_patch16_dinov3"),
-    "vits16": Preset("vits16", 384, 12, 6, 1536, False, "vit_small_patch16_dinov3"),
-    "tiny": Preset(
-        "tiny",
-        64,
-        2,
-        4,
-        128,
-        False,
-        "vit_small_patch16_dinov3",
-        timm_kwargs={"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0},
-        view_size=224,
-    ),
-}
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UserError(f"unknown backbone preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -107,59 +43,6 @@ def file_sha256(path: Path) -> str:
             for block in iter(lambda h=handle: h.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-class FrozenBackbone(nn.Module):
-    """uint8 views [B, S, S, 3] -> per-view features [B, D] (or [B, 2D] with cls+mean)."""
-
-    def __init__(self, model: nn.Module, kind: str, preset: Preset, pool: str, info: dict):
-        super().__init__()
-        if pool not in POOLS:
-            raise UserError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
-        self.model = model.eval().requires_grad_(False)
-        self.kind = kind  # "transformers" or "timm"
-        self.preset = preset
-        self.pool = pool
-        self.info = info
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.preset.embed_dim * (2 if self.pool == "cls+mean" else 1)
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    def tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Normalised pixels [B, 3, S, S] -> final-norm tokens [B, T, D] and prefix count."""
-        if self.kind == "transformers":
-            out = self.model(pixel_values=pixels).last_hidden_state
-            return out, 1 + self.model.config.num_register_tokens
-        return self.model.forward_features(pixels), self.model.num_prefix_tokens
-
-    @torch.inference_mode()
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        x = views.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        x = (x - self.mean) / self.std
-        cuda = x.device.type == "cuda"
-        bf16 = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        with bf16, sdpa_backends(cuda):
-            tokens, n_prefix = self.tokens(x)
-        cls = tokens[:, 0]
-        if self.pool == "cls+mean":
-            cls = torch.cat([cls, tokens[:, n_prefix:].mean(dim=1)], dim=-1)
-        return cls.float()
-
-
-def sdpa_backends(cuda: bool) -> contextlib.AbstractContextManager:
-    """On CUDA prefer the flash kernel (bf16), falling back to memory-efficient attention."""
-    if not cuda:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
 
 
 def _quiet_transformers() -> None:

@@ -35,21 +35,18 @@ Registering the detector in a StreetVision miner (`base_miner/detectors/`; the m
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from torch.utils.data import get_worker_info
+from PIL import Image
 
-from roadwork_cache.backbone.loading import FrozenBackbone, load_backbone
+from roadwork_cache.backbone.loading import load_backbone
+from roadwork_cache.backbone.model import FrozenBackbone
 from roadwork_cache.inference.bundles import Bundle, load_bundle
 from roadwork_cache.inference.foods import (
     STATS_FILE,
@@ -60,10 +57,11 @@ from roadwork_cache.inference.foods import (
     uniform_weights,
     weighted_probability,
 )
-from roadwork_cache.readers.images import MAX_PIXELS, MIN_SIDE, ImageError, _to_rgb
+from roadwork_cache.readers.images import prepare_image
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.views.geometry import LAYOUT, N_VIEWS, TILE_FRACTION, render_views
-from roadwork_cache.views.variants import N_TTA, apply_variant, check_variant
+from roadwork_cache.views.batching import image_views
+from roadwork_cache.views.geometry import LAYOUT, N_VIEWS
+from roadwork_cache.views.variants import N_TTA, check_variant
 
 log = logging.getLogger(__name__)
 
@@ -128,70 +126,6 @@ def check_compatible(config: dict[str, Any], info: dict[str, Any], model: str | 
 # ---- image -> views --------------------------------------------------------------------------
 
 
-def prepare_image(img: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """A PIL image as a miner receives it -> upright 8-bit RGB, or ImageError (a ValueError)
-    with a one-line reason; the same checks as decoding a file."""
-    if not isinstance(img, Image.Image):
-        raise ImageError(f"expected a PIL.Image.Image, got {type(img).__name__}")
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError(f"image refused: {width}x{height} is over the {max_pixels:,} pixel bound")
-    try:
-        img.load()
-    except Exception as exc:
-        raise ImageError(f"corrupt or truncated image ({img.format}): {exc}") from None
-    with contextlib.suppress(Exception):
-        img = ImageOps.exif_transpose(img)
-    if min(img.size) < MIN_SIDE:
-        raise ImageError(
-            f"image too small: {img.size[0]}x{img.size[1]}, the minimum side is {MIN_SIDE} px"
-        )
-    try:
-        return _to_rgb(img)
-    except Exception as exc:
-        raise ImageError(f"cannot convert {img.mode} image to RGB: {exc}") from None
-
-
-def image_views(
-    img: Image.Image, variants: tuple[str, ...] | list[str], view_size: int, sample_id: str = ""
-) -> np.ndarray:
-    """RGB image -> uint8 [T, 12, S, S, 3]: the 12 views of each variant, in order."""
-
-    def one(name: str) -> np.ndarray:
-        return np.stack(
-            [np.asarray(v) for v in render_views(apply_variant(img, name, sample_id), view_size)]
-        )
-
-    if len(variants) == 1 or get_worker_info() is not None:
-        # One variant, or a DataLoader worker: the workers already use the cores.
-        return np.stack([one(name) for name in variants])
-    # PIL releases the GIL while it resizes: TTA variants are cut in parallel threads (nine
-    # variants of a 224 px challenge take about 0.3 s on one core).
-    return np.stack(list(_view_pool().map(one, variants)))
-
-
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _view_pool() -> ThreadPoolExecutor:
-    """This process's pool: a forked child inherits the parent's pool object but not its
-    threads, and work sent to it would wait forever."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (
-            os.getpid(),
-            ThreadPoolExecutor(
-                max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="roadwork-views"
-            ),
-        )
-    return _POOL[1]
-
-
-def draft_side(view_size: int) -> int:
-    """The side a JPEG may be draft-decoded down to, exactly as `roadwork extract` does."""
-    return int(np.ceil(view_size / TILE_FRACTION))
-
-
 # ---- views -> probability --------------------------------------------------------------------
 
 
@@ -238,7 +172,7 @@ class Predictor:
         tta: bool = False,
         tta_variants: list[str] | None = None,
     ) -> Predictor:
-        from roadwork_cache.stages.extract import resolve_device
+        from roadwork_cache.runtime.devices import resolve_device
 
         dev = resolve_device(str(device))
         bundle = load_bundle(model, dev)
@@ -336,60 +270,3 @@ class Predictor:
 
 
 # ---- the miner's object ----------------------------------------------------------------------
-
-
-class RoadworkDetector:
-    """`detector(PIL.Image) -> float in [0, 1]`, threshold folded so 0.5 is the cut.
-
-    Loaded once (`load_model()` is idempotent), safe to call from several threads (the
-    forward is serialised; decoding and view cutting run in parallel). Unusable input raises
-    `ImageError`, a `ValueError` subclass with a one-line reason, which a miner can catch.
-    """
-
-    def __init__(
-        self,
-        model: str | Path,
-        weights: str | Path | None = None,
-        backbone: str | None = None,
-        device: str = "auto",
-        tta: bool = False,
-        tta_variants: list[str] | None = None,
-    ):
-        self.model = model
-        self.weights = weights
-        self.backbone = backbone
-        self.device = device
-        self.tta = tta
-        self.tta_variants = tta_variants
-        self.predictor: Predictor | None = None
-        self._load_lock = threading.Lock()
-
-    @classmethod
-    def load(
-        cls,
-        model: str | Path,
-        weights: str | Path | None = None,
-        backbone: str | None = None,
-        device: str = "auto",
-        tta: bool = False,
-        tta_variants: list[str] | None = None,
-    ) -> RoadworkDetector:
-        detector = cls(model, weights, backbone, device, tta, tta_variants)
-        detector.load_model()
-        return detector
-
-    def load_model(self) -> None:
-        with self._load_lock:
-            if self.predictor is not None:
-                return
-            self.predictor = Predictor.load(
-                self.model, self.weights, self.backbone, self.device, self.tta, self.tta_variants
-            )
-            for note in self.predictor.notes:
-                log.info("RoadworkDetector: %s", note)
-
-    def __call__(self, image: Image.Image) -> float:
-        if self.predictor is None:
-            self.load_model()
-        assert self.predictor is not None
-        return self.predictor(image)

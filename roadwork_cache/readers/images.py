@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,7 +25,7 @@ class ImageError(ValueError):
     """An image that cannot become a sample; the message is the one-line reason."""
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
@@ -85,8 +86,32 @@ def decode_image(
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"image too small: {width}x{height}, the minimum side is {MIN_SIDE} px")
     try:
-        rgb = _to_rgb(img)
+        rgb = to_rgb(img)
     except Exception as exc:
         raise ImageError(f"cannot convert {img.mode} image to RGB: {exc}") from None
     rgb.info["full_size"] = (width, height)  # the upright size before any draft reduction
     return rgb
+
+
+def prepare_image(img: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A PIL image as a miner receives it -> upright 8-bit RGB, or ImageError (a ValueError)
+    with a one-line reason; the same checks as decoding a file."""
+    if not isinstance(img, Image.Image):
+        raise ImageError(f"expected a PIL.Image.Image, got {type(img).__name__}")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(f"image refused: {width}x{height} is over the {max_pixels:,} pixel bound")
+    try:
+        img.load()
+    except Exception as exc:
+        raise ImageError(f"corrupt or truncated image ({img.format}): {exc}") from None
+    with contextlib.suppress(Exception):
+        img = ImageOps.exif_transpose(img)
+    if min(img.size) < MIN_SIDE:
+        raise ImageError(
+            f"image too small: {img.size[0]}x{img.size[1]}, the minimum side is {MIN_SIDE} px"
+        )
+    try:
+        return to_rgb(img)
+    except Exception as exc:
+        raise ImageError(f"cannot convert {img.mode} image to RGB: {exc}") from None

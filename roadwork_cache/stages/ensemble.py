@@ -39,12 +39,13 @@ from safetensors.numpy import save_file as save_arrays
 
 from roadwork_cache import __version__
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm, logit, sigmoid
+from roadwork_cache.heads.forward import head_logits
 from roadwork_cache.heads.io import save_weights
-from roadwork_cache.inference.bundles import load_head
-from roadwork_cache.inference.ensemble_bundle import FORMAT_VERSION, MANIFEST, load_ensemble
+from roadwork_cache.inference.bundles import FORMAT_VERSION, MANIFEST, load_ensemble, load_head
+from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
-from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.stages.train_head import (
     TrainHeadOptions,
     evaluation_variants,
@@ -79,17 +80,11 @@ from roadwork_cache.training.metrics import best_threshold, binary_metrics
 from roadwork_cache.training.splits import grouped_folds, grouped_split
 from roadwork_cache.training.stacking import (
     METHODS,
-    Calibration,
-    Combination,
-    LogitNorm,
     apply_folds,
     calibrate,
     cross_fitted_cuts,
     fit_combination,
     fold_combinations,
-    head_logits,
-    logit,
-    sigmoid,
 )
 
 CLEAN = "clean:none"  # the key everything is fitted and tuned on: the deployment setting

@@ -24,13 +24,17 @@ import torch
 from rich.table import Table
 
 from roadwork_cache import __version__
-from roadwork_cache.backbone.loading import POOLS, FrozenBackbone, get_preset, load_backbone
+from roadwork_cache.backbone.loading import load_backbone
+from roadwork_cache.backbone.model import FrozenBackbone
+from roadwork_cache.backbone.presets import POOLS, get_preset
 from roadwork_cache.readers.schema import Sample
 from roadwork_cache.readers.sources import open_source
+from roadwork_cache.runtime.devices import default_workers, resolve_device
 from roadwork_cache.runtime.distributed import close_ranks, init_ranks
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
-from roadwork_cache.store.cache import Cache, ShardRange, writer_lock
+from roadwork_cache.store.cache import Cache, ShardRange
+from roadwork_cache.store.lock import writer_lock
 from roadwork_cache.views.batching import ViewBatch, view_loader
 from roadwork_cache.views.geometry import LAYOUT, N_VIEWS, VIEW_NAMES
 from roadwork_cache.views.variants import check_variant, recipe
@@ -70,23 +74,6 @@ class ExtractSummary:
     images_per_s: float = 0.0
     random_init: bool = False
     variants: list[str] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but no CUDA device is available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-
-
-def default_workers(device: torch.device) -> int:
-    cores = os.cpu_count() or 1
-    # On CPU the backbone needs the cores itself; on a GPU box decoding is the bottleneck.
-    return min(8 if device.type == "cuda" else 1, max(cores - 1, 0))
 
 
 def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> dict[str, Any]:

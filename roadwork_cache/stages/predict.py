@@ -19,12 +19,12 @@ import torch
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from roadwork_cache.inference.predictor import Predictor, draft_side, image_views
+from roadwork_cache.inference.predictor import Predictor
 from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
+from roadwork_cache.runtime.devices import default_workers
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
-from roadwork_cache.stages.extract import default_workers
-from roadwork_cache.views.batching import DecodedItem, collate
+from roadwork_cache.views.batching import DecodedItem, collate, draft_side, image_views
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.training.metrics import binary_metrics, predict
+from roadwork_cache.training.metrics import binary_metrics, decisions
 from roadwork_cache.training.sampler import haversine_km, target_centres
 
 PROB_COLUMN = "head_clean_none"  # clean views, every metadata field NULL: the deployment case
@@ -218,7 +218,7 @@ def score_groups(
 
 def hardest_errors(data: SetData, threshold: float) -> list[int]:
     """Indices of rows misclassified at the threshold, most confidently wrong first."""
-    wrong = np.flatnonzero(predict(data.prob, threshold) != data.labels)
+    wrong = np.flatnonzero(decisions(data.prob, threshold) != data.labels)
     distance = np.abs(data.prob[wrong] - data.labels[wrong])
     return wrong[np.argsort(-distance, kind="stable")][:N_HARDEST].tolist()
 
@@ -240,7 +240,7 @@ def plain(text: str) -> str:
 def confusion_figure(data: SetData, thresholds: list[tuple[str, float]]) -> Figure:
     fig = Figure(figsize=(3.6 * len(thresholds), 3.3), layout="constrained")
     for ax, (name, t) in zip(fig.subplots(1, len(thresholds)), thresholds, strict=True):
-        pred = predict(data.prob, t)
+        pred = decisions(data.prob, t)
         cm = np.array([[np.sum((data.labels == a) & (pred == b)) for b in (0, 1)] for a in (0, 1)])
         ax.imshow(cm, cmap="Blues", vmin=0)
         for (a, b), v in np.ndenumerate(cm):

@@ -27,10 +27,11 @@ from sklearn.preprocessing import StandardScaler
 
 from roadwork_cache import __version__
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.heads.io import save_weights
+from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
-from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.training.dataset import (
     CacheData,
     labelled_rows,
@@ -40,7 +41,7 @@ from roadwork_cache.training.dataset import (
     vocabularies,
 )
 from roadwork_cache.training.leakage import audit, format_audit_table, leaky_fields
-from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer, predict
+from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
 from roadwork_cache.training.sampler import gps_weights, share_within, target_centres
 from roadwork_cache.training.splits import grouped_split
@@ -171,8 +172,8 @@ def evaluate(
     probs: dict[tuple, np.ndarray] = {}
     for variant in evaluation_variants(data):
         feats = data.features[variant]
-        probs[("head", variant, "none")] = predict(model, feats, None, device)[0]
-        probs[("head", variant, "all")] = predict(model, feats, meta, device)[0]
+        probs[("head", variant, "none")] = head_outputs(model, feats, None, device)[0]
+        probs[("head", variant, "all")] = head_outputs(model, feats, meta, device)[0]
         global_view = scaler.transform(feats[:, 0].astype(np.float32))
         probs[("baseline", variant, "none")] = lr.predict_proba(global_view)[:, 1]
     val = sets["val"]

@@ -36,9 +36,9 @@ from roadwork_cache.inference.foods import (
     uniform_weights,
     weighted_probability,
 )
+from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
-from roadwork_cache.stages.extract import resolve_device
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.dataset import CacheData, load_cache_data
 from roadwork_cache.training.metrics import binary_metrics

@@ -15,35 +15,27 @@ off half-written is never taken as done.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import socket
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, Endian, ShardingCodec, ShardingCodecIndexLocation
-from zarr.storage import LocalStore
 
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.store.fastread import read_whole
+from roadwork_cache.store.lock import LOCK_FILE
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "roadwork-cache"
 TEXT_DIM = 384
 SAMPLES_FILE = "samples.parquet"
-LOCK_FILE = ".lock"
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -332,203 +324,8 @@ class Cache:
         return out
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing `verify` found wrong; `array`/`shard` say which marker a repair drops."""
-
-    message: str
-    array: str | None = None
-    shard: int | None = None
-
-
-def verify(cache: Cache, advance: Callable[[int], None] | None = None) -> list[Problem]:
-    """Every problem of a cache, one sentence each: shards not written, bytes that differ
-    from what was written (the marker's checksum), non-finite features, missing sample rows.
-    `advance(1)` is called after each (array, shard) checked, for a progress bar."""
-    problems: list[Problem] = []
-    shards = cache.shards()
-    for name in verify_arrays(cache):
-        done = cache.done_shards(name)
-        for shard in shards:
-            if advance is not None:
-                advance(1)
-            where = f"{name} shard {shard.index} (rows {shard.start}-{shard.stop - 1})"
-            if shard.index not in done:
-                problems.append(Problem(f"{where} was never completed"))
-                continue
-            expected = cache._marker(name, shard.index).read_text().strip()
-            arrays = [name, "text_mask"] if name == "text" else [name]
-            try:
-                data = [cache.group[a][shard.start : shard.stop] for a in arrays]
-            except Exception as exc:
-                problems.append(Problem(f"{where} cannot be read: {exc}", name, shard.index))
-                continue
-            if expected and checksum(*data) != expected:
-                problems.append(
-                    Problem(
-                        f"{where} differs from what was written (checksum mismatch)",
-                        name,
-                        shard.index,
-                    )
-                )
-            bad = int((~np.isfinite(data[0].astype(np.float32))).sum())
-            if bad:
-                problems.append(
-                    Problem(f"{where} holds {bad} non-finite values", name, shard.index)
-                )
-    done = cache.done_shards("samples")
-    problems += [
-        Problem(f"sample rows of shard {s.index} were never written")
-        for s in shards
-        if s.index not in done
-    ]
-    path = cache.root / SAMPLES_FILE
-    if not problems:
-        if not path.is_file():
-            problems.append(Problem(f"{SAMPLES_FILE} is missing; re-run extract to finalise"))
-        elif (rows := pq.read_metadata(path).num_rows) != cache.n_rows:
-            problems.append(Problem(f"{SAMPLES_FILE} has {rows} rows, not {cache.n_rows}"))
-    return problems
-
-
-def verify_arrays(cache: Cache) -> list[str]:
-    """The arrays `verify` checks shard by shard."""
-    return [f"features/{v}" for v in cache.variants()] + ["text"]
-
-
-def repair(cache: Cache, problems: list[Problem]) -> int:
-    """Drop the done-markers of damaged shards so the next `extract` recomputes them."""
-    dropped = 0
-    for problem in problems:
-        if problem.array is not None and problem.shard is not None:
-            cache._marker(problem.array, problem.shard).unlink(missing_ok=True)
-            dropped += 1
-    if dropped:
-        cache.update_attrs(complete=False)
-    return dropped
-
-
-@contextmanager
-def writer_lock(root: str | Path) -> Iterator[None]:
-    """One writer per cache. The OS drops the lock when its process dies (SIGKILL too), so a
-    killed run never leaves a stale lock; a live one is named in the refusal."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(
-                f"cache {root} is being written by {holder}; wait for it or stop it"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"pid {os.getpid()} on {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
-        )
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def to_json(info: dict[str, Any]) -> str:
     return json.dumps(info, indent=2, sort_keys=False, default=str)
 
 
 # ---- whole-array reads -------------------------------------------------------------------------
-
-EMPTY_CHUNK = np.iinfo(np.uint64).max  # a shard-index entry for a chunk never written
-
-
-def read_whole(array: zarr.Array) -> np.ndarray:
-    """The whole array in memory, equal to `array[:]`, read at the speed of a memmap copy.
-
-    zarr 3.1 copies every byte about three times on a full read (shard file into bytes, chunk
-    into a shard buffer, that buffer into the output), which made a full variant 2-6x slower
-    to load than a `.npy` memmap (bench/cache_io.py). For the layout this module writes
-    (shards of whole rows on local disk, raw little-endian chunks, the index at the end)
-    the shard files are read straight into the output instead: one copy, like the memmap.
-    Any other layout goes through zarr.
-    """
-    if not _plain_sharded(array):
-        return array[:]
-    n_rows, shard_rows, chunk_rows = array.shape[0], array.shards[0], array.chunks[0]
-    out = np.empty(array.shape, dtype=array.dtype)  # not np.full: it would write every byte twice
-    rows = out.reshape(n_rows, -1)
-    fill = array.fill_value
-    folder = Path(str(array.store_path.store.root)) / array.store_path.path
-    for start in range(0, n_rows, shard_rows):
-        key = array.metadata.encode_chunk_key((start // shard_rows, *[0] * (array.ndim - 1)))
-        file = folder / key
-        if not file.is_file():  # a shard never written reads as the fill value, as in zarr
-            rows[start : start + shard_rows] = fill
-            continue
-        with open(file, "rb", buffering=0) as f:
-            index = _read_shard_index(f, shard_rows // chunk_rows)
-            for chunk, (offset, nbytes) in enumerate(index):
-                lo = start + chunk * chunk_rows
-                hi = min(lo + chunk_rows, n_rows)
-                if lo >= hi:  # past the end of the array, in the last shard
-                    break
-                if offset == EMPTY_CHUNK:
-                    rows[lo:hi] = fill
-                    continue
-                if nbytes != chunk_rows * rows.shape[1] * rows.itemsize:
-                    raise UserError(
-                        f"{file}: chunk {chunk} holds {nbytes} bytes, not a whole "
-                        "chunk; run `roadwork cache verify`"
-                    )
-                # An edge chunk is stored full size; its rows inside the array come first.
-                view = memoryview(rows[lo:hi]).cast("B")
-                f.seek(int(offset))
-                if f.readinto(view) != view.nbytes:
-                    raise UserError(
-                        f"{file}: chunk {chunk} is cut short; run `roadwork cache verify`"
-                    )
-    return out
-
-
-def _read_shard_index(f: BinaryIO, n_chunks: int) -> np.ndarray:
-    """[n_chunks, 2] (offset, nbytes) from the end of a shard file, its crc32c checked."""
-    size = n_chunks * 16 + 4
-    raw = b""
-    if os.fstat(f.fileno()).st_size >= size:
-        f.seek(-size, os.SEEK_END)
-        raw = f.read(size)
-    if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-        raise UserError(f"{f.name}: the shard index is damaged; run `roadwork cache verify`")
-    return np.frombuffer(raw[:-4], dtype="<u8").reshape(n_chunks, 2)
-
-
-def _plain_sharded(array: zarr.Array) -> bool:
-    """Whether `array` is laid out as `_create_array` makes it: one sharding codec of whole
-    rows, raw little-endian chunks (no compression), a crc32c index at the end, on local
-    disk, read on a little-endian machine."""
-    if array.metadata.zarr_format != 3 or not isinstance(array.store_path.store, LocalStore):
-        return False
-    codecs = array.metadata.codecs
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return False
-    sharding = codecs[0]
-    inner, index = sharding.codecs, sharding.index_codecs
-    little = [
-        isinstance(c, BytesCodec) and c.endian in (None, Endian.little)
-        for c in (*inner, *index[:1])
-    ]
-    return (
-        len(inner) == 1
-        and len(index) == 2
-        and all(little)
-        and isinstance(index[1], Crc32cCodec)
-        and sharding.index_location == ShardingCodecIndexLocation.end
-        and array.chunks[1:] == array.shards[1:] == array.shape[1:]
-        and array.shards[0] % array.chunks[0] == 0
-        and sys.byteorder == "little"
-    )

@@ -18,8 +18,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
+from roadwork_cache.heads.forward import head_logits
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer, TrainResult
-from roadwork_cache.training.stacking import head_logits
 
 DORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "gate_proj")
 

@@ -4,7 +4,6 @@ stopping on the metadata-free validation MCC (what a validator will measure)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -17,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
+from roadwork_cache.heads.forward import head_outputs
+from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.losses import LossParts, LossWeights, total_loss
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
@@ -86,12 +87,6 @@ def resident(features: torch.Tensor, device: torch.device) -> torch.Tensor:
     return features.to(device) if features.nbytes <= free // 2 else features
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine decay to 0."""
 
@@ -102,28 +97,6 @@ def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
-
-
-@torch.no_grad()
-def predict(
-    model: RoadworkHead,
-    features: np.ndarray | torch.Tensor,
-    meta: MetadataBatch | None,
-    device: torch.device,
-    batch_size: int = 512,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Roadwork probability [n] and pooled embedding [n, dim]; meta None = all NULL."""
-    model.eval()
-    feats = torch.as_tensor(features)
-    probs, embeds = [], []
-    for start in range(0, len(feats), batch_size):
-        x = feats[start : start + batch_size].to(device).float()
-        m = meta.select(slice(start, start + batch_size)).to(device) if meta else None
-        with autocast(device):
-            out = model(x, m)
-        probs.append(torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu())
-        embeds.append(out.embedding.float().cpu())
-    return torch.cat(probs).numpy(), torch.cat(embeds).numpy()
 
 
 class Trainer:
@@ -254,7 +227,7 @@ class Trainer:
                 )
                 n_batches += 1
 
-            prob, _ = predict(model, self.eval_features[val_idx], None, self.device)
+            prob, _ = head_outputs(model, self.eval_features[val_idx], None, self.device)
             t = best_threshold(val_y, prob)
             m = binary_metrics(val_y, prob, t)
             log = EpochLog(

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads.combine import LogitNorm
+from roadwork_cache.heads.forward import head_logits
 from roadwork_cache.heads.io import save_weights
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
 from roadwork_cache.training.losses import LossWeights
-from roadwork_cache.training.stacking import LogitNorm, head_logits
 
 METAS = ("none", "all")  # all metadata NULL (what a validator sends) / every field the head reads
 

@@ -53,7 +53,7 @@ def _check_binary(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     return yi, p
 
 
-def predict(prob: Any, threshold: float = 0.5) -> np.ndarray:
+def decisions(prob: Any, threshold: float = 0.5) -> np.ndarray:
     """Hard 0/1 predictions with the validator's strict cut ``prob > threshold``."""
     return (np.asarray(prob, dtype=np.float64) > threshold).astype(np.int64)
 
@@ -66,7 +66,7 @@ def binary_metrics(y_true: Any, prob: Any, threshold: float = 0.5) -> dict[str, 
     threshold, n.
     """
     y, p = _check_binary(y_true, prob)
-    pred = predict(p, threshold)
+    pred = decisions(p, threshold)
     mcc = float(matthews_corrcoef(y, pred))
     acc = float(accuracy_score(y, pred))
     # roc_auc_score raises on one class; a tiny validation slice must not crash a report.
@@ -130,37 +130,3 @@ def best_threshold(y_true: Any, prob: Any) -> float:
     best = mcc.max()
     cand = np.flatnonzero(mcc >= best - 1e-12)
     return float(rep[cand[np.argmin(np.abs(rep[cand] - 0.5))]])
-
-
-def _check_threshold(threshold: float) -> float:
-    t = float(threshold)
-    if not 0.0 < t < 1.0:
-        raise UserError(f"threshold must lie strictly between 0 and 1, got {threshold}.")
-    return t
-
-
-def fold_threshold(prob: Any, threshold: float) -> np.ndarray:
-    """Map [0, 1] onto [0, 1] monotonically so that ``threshold`` lands on 0.5.
-
-    Piecewise linear: [0, t] -> [0, 0.5] and [t, 1] -> [0.5, 1]. The validator cuts the
-    returned value at 0.5, so folding lets it apply the cut tuned on validation:
-    ``folded > 0.5`` exactly when ``prob > t`` (up to float rounding for scores within a few
-    ulps of t; ``best_threshold`` returns midpoints, far from any score).
-    """
-    t = _check_threshold(threshold)
-    p = np.asarray(prob, dtype=np.float64)
-    if np.any(~np.isfinite(p)) or np.any((p < 0.0) | (p > 1.0)):
-        raise UserError("probabilities must be finite and lie in [0, 1].")
-    return np.where(p <= t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / (1.0 - t))
-
-
-def fold_logits(logits: Any, threshold: float) -> np.ndarray:
-    """Shift binary logits by ``-logit(threshold)`` so that ``sigmoid`` of the result is 0.5
-    exactly where the probability was ``threshold``.
-
-    This is a different monotone map from ``fold_threshold`` (a shift in logit space, smooth
-    and calibration-shape preserving, versus piecewise linear in probability space) with the
-    same decisions; use it when a model exports logits, e.g. after temperature scaling.
-    """
-    t = _check_threshold(threshold)
-    return np.asarray(logits, dtype=np.float64) - math.log(t / (1.0 - t))
