@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
+from roadwork_cache.stages.ensemble import run_ensemble
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.dora import DoraSettings
 from roadwork_cache.training.loop import TrainConfig
+from roadwork_cache.training.plan import EnsembleOptions
 from roadwork_cache.views.geometry import N_VIEWS
 
 FULL_ROWS, FULL_EPOCHS, FULL_DORA_EPOCHS = 8549, 30, 20

@@ -1,6 +1,13 @@
-"""roadwork-cache: frozen-DINOv3 feature cache and light heads for roadwork classification."""
+"""roadwork-cache: frozen-DINOv3 feature cache and light heads for roadwork classification.
 
-__version__ = "0.1.0"
+The package is laid out as the data flows, each layer importing only from those before it
+(docs/design.md): readers -> synth -> views -> backbone -> store -> heads -> training ->
+inference -> stages -> cli, with runtime/ (errors, output, devices, ranks) beside them all.
+"""
+
+from roadwork_cache.runtime.version import __version__
+
+__all__ = ["RoadworkDetector", "__version__"]
 
 
 def __getattr__(name: str):

@@ -282,8 +282,9 @@ def train_head(
     """
 
     from roadwork_cache.runtime.progress import console
-    from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
+    from roadwork_cache.stages.train_head import run_train_head
     from roadwork_cache.training.loop import TrainConfig
+    from roadwork_cache.training.prepare import TrainHeadOptions
 
     file_cfg = _read_config_file(config) if config else {}
     head: dict = dict(file_cfg.get("head") or {})
@@ -445,9 +446,10 @@ def ensemble(
     combination, with and without metadata, clean and natix."""
 
     from roadwork_cache.runtime.progress import console
-    from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
+    from roadwork_cache.stages.ensemble import run_ensemble
     from roadwork_cache.training.dora import DoraSettings
     from roadwork_cache.training.loop import TrainConfig
+    from roadwork_cache.training.plan import EnsembleOptions
 
     file_cfg = _read_config_file(config) if config else {}
     train_values = dict(file_cfg.get("train") or {})

@@ -28,12 +28,13 @@ from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.forward import head_logits
 from roadwork_cache.inference.bundles import load_bundle, load_head
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
+from roadwork_cache.stages.ensemble import run_ensemble
 from roadwork_cache.training.distill import DistillConfig
 from roadwork_cache.training.dora import DoraSettings, merge, with_dora
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.members import MemberSpec
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
+from roadwork_cache.training.plan import EnsembleOptions
 from roadwork_cache.training.stacking import calibrate
 
 DIM = 16

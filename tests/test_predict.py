@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from helpers import run_cli, shared_real
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.inference.bundles import load_bundle
+from roadwork_cache.inference.head_folder import HeadRecord, write_head
 from roadwork_cache.readers.images import ImageError
 from roadwork_cache.stages.extract import ExtractConfig, run_extract
 from roadwork_cache.stages.predict import PredictOptions, run_predict
@@ -57,22 +57,15 @@ def write_model(folder: Path, cache: Path, threshold: float = 0.4) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(3)
         model = RoadworkHead(config)
-    folder.mkdir(parents=True)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors"
+    record = HeadRecord(
+        kind="train-head",
+        head=config.to_dict(),
+        backbone=attrs["backbone"],
+        views=attrs["views"],
+        cache=str(cache),
+        threshold=threshold,
     )
-    (folder / "config.json").write_text(
-        json.dumps(
-            {
-                "kind": "train-head",
-                "cache": str(cache),
-                "backbone": attrs["backbone"],
-                "views": attrs["views"],
-                "head": config.to_dict(),
-                "threshold": threshold,
-            }
-        )
-    )
+    write_head(folder, model, record)
     return folder
 
 

@@ -22,10 +22,11 @@ from roadwork_cache.stages.report import (
     table_html,
     write_report,
 )
-from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
+from roadwork_cache.stages.train_head import run_train_head
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.metrics import binary_metrics
+from roadwork_cache.training.prepare import TrainHeadOptions
 
 SMALL_HEAD = {
     "dim": 64,

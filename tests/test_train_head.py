@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from helpers import planted_cache, run_cli
 from roadwork_cache.heads import HeadConfig, RoadworkHead
-from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
+from roadwork_cache.stages.train_head import run_train_head
 from roadwork_cache.training.loop import TrainConfig
+from roadwork_cache.training.prepare import TrainHeadOptions
 
 SMALL_HEAD = {
     "dim": 64,

@@ -73,7 +73,7 @@ MAX_VIEWS_PER_FORWARD = 256
 # ---- the model and the backbone must agree -------------------------------------------------
 
 
-def check_compatible(config: dict[str, Any], info: dict[str, Any], model: str | Path) -> None:
+def check_backbone(config: dict[str, Any], info: dict[str, Any], model: str | Path) -> None:
     """Refuse, in one sentence, a backbone whose features are not those the model was
     trained on: another preset, pooling, view size or feature size, other weights, or
     another view layout."""
@@ -189,7 +189,7 @@ class Predictor:
         frozen = load_backbone(
             preset, weights, pool=record.get("pool", "cls"), view_size=view_size, device=dev
         )
-        check_compatible(bundle.config, frozen.info, model)
+        check_backbone(bundle.config, frozen.info, model)
         if frozen.info.get("random_init"):
             notes.append(
                 "the backbone has random weights (tiny preset): the probabilities "

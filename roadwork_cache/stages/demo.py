@@ -89,7 +89,8 @@ def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path 
     if not opts.ensemble:
         return None
     try:
-        from roadwork_cache.stages.ensemble import EnsembleOptions, run_ensemble
+        from roadwork_cache.stages.ensemble import run_ensemble
+        from roadwork_cache.training.plan import EnsembleOptions
     except ImportError:
         console.print("ensemble step skipped: this build has no roadwork_cache.stages.ensemble")
         return None
@@ -117,10 +118,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
     from roadwork_cache.stages.extract import ExtractConfig, run_extract, summary_table
     from roadwork_cache.stages.predict import PredictOptions, answers_table, run_predict
     from roadwork_cache.stages.report import write_report
-    from roadwork_cache.stages.train_head import TrainHeadOptions, run_train_head
+    from roadwork_cache.stages.train_head import run_train_head
     from roadwork_cache.stages.tta import TtaOptions, run_tta
     from roadwork_cache.synth.scene import write_synthetic
     from roadwork_cache.training.loop import TrainConfig
+    from roadwork_cache.training.prepare import TrainHeadOptions
     from roadwork_cache.views.variants import parse_variants
 
     variants = parse_variants(opts.variants)

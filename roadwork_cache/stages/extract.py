@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from roadwork_cache import __version__
 from roadwork_cache.backbone.loading import load_backbone
 from roadwork_cache.backbone.model import FrozenBackbone
 from roadwork_cache.backbone.presets import POOLS, get_preset
@@ -33,6 +32,7 @@ from roadwork_cache.runtime.devices import default_workers, resolve_device
 from roadwork_cache.runtime.distributed import close_ranks, init_ranks
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
+from roadwork_cache.runtime.version import __version__
 from roadwork_cache.store.cache import Cache, ShardRange
 from roadwork_cache.store.lock import writer_lock
 from roadwork_cache.views.batching import ViewBatch, view_loader
@@ -93,19 +93,19 @@ def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> di
     }
 
 
-def check_compatible(cache: Cache, backbone: FrozenBackbone, n_rows: int) -> None:
+def check_resumable(cache: Cache, backbone: FrozenBackbone, n_rows: int) -> None:
     """A resumed cache must have been started with the same backbone and the same rows."""
-    have = cache.attrs
+    have = cache.meta
     mine = backbone.info
     for key in ("preset", "pool", "view_size", "state_sha256"):
-        if have["backbone"].get(key) != mine.get(key):
+        if have.backbone.get(key) != mine.get(key):
             raise UserError(
-                f"cache {cache.root} was made with backbone {key} = {have['backbone'].get(key)}, "
+                f"cache {cache.root} was made with backbone {key} = {have.backbone.get(key)}, "
                 f"not {mine.get(key)}; use a new --cache folder"
             )
-    if have["n_rows"] != n_rows:
+    if have.n_rows != n_rows:
         raise UserError(
-            f"cache {cache.root} holds {have['n_rows']} rows but the source gives {n_rows}; "
+            f"cache {cache.root} holds {have.n_rows} rows but the source gives {n_rows}; "
             "use a new --cache folder"
         )
 
@@ -218,7 +218,7 @@ def open_or_create(cfg: ExtractConfig, backbone: FrozenBackbone, n_rows: int, so
     """Rank 0's job: the cache exists, matches this run, and has an array per variant."""
     if (cfg.cache / "zarr.json").is_file():
         cache = Cache.open(cfg.cache, mode="a")
-        check_compatible(cache, backbone, n_rows)
+        check_resumable(cache, backbone, n_rows)
     else:
         cache = Cache.create(
             cfg.cache,
@@ -229,7 +229,7 @@ def open_or_create(cfg: ExtractConfig, backbone: FrozenBackbone, n_rows: int, so
             shard_rows=cfg.shard_rows,
             chunk_rows=cfg.chunk_rows,
         )
-    recipes = dict(cache.attrs.get("variants", {}))
+    recipes = dict(cache.meta.variants)
     for name in cfg.variants:
         new = recipe(name)
         old = recipes.get(name)

@@ -9,153 +9,41 @@ and test, on clean and validator-like (`natix-*`) variants, with and without met
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from rich.table import Table
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from roadwork_cache import __version__
-from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.heads import RoadworkHead
 from roadwork_cache.heads.forward import head_outputs
-from roadwork_cache.heads.io import save_weights
+from roadwork_cache.inference.head_folder import HeadRecord
+from roadwork_cache.inference.run_folder import CURVE_FILE, prob_column, write_run
 from roadwork_cache.runtime.devices import resolve_device
-from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
+from roadwork_cache.training.baselines import fit_baseline
 from roadwork_cache.training.dataset import (
     CacheData,
     labelled_rows,
     load_cache_data,
     metadata_batch,
     random_backbone,
-    vocabularies,
 )
-from roadwork_cache.training.leakage import audit, format_audit_table, leaky_fields
-from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
+from roadwork_cache.training.loop import EpochLog, Trainer
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
-from roadwork_cache.training.sampler import gps_weights, share_within, target_centres
+from roadwork_cache.training.prepare import (
+    TrainHeadOptions,
+    audit_leakage,
+    evaluation_variants,
+    head_config,
+    sampling_weights,
+    train_variants,
+)
 from roadwork_cache.training.splits import grouped_split
-
-DEFAULT_BRACKETS = ((50.0, 5.0), (200.0, 2.5), (500.0, 1.0))
-
-
-@dataclass
-class TrainHeadOptions:
-    cache: Path
-    out: Path
-    head: dict[str, Any] = field(default_factory=dict)  # HeadConfig overrides
-    train: TrainConfig = field(default_factory=TrainConfig)
-    variants: list[str] | None = None  # None: every clean / aug-* / natix-* variant
-    target: str | None = None  # cache folder or CSV of lat,lon; default: the test split
-    gps_brackets: tuple[tuple[float, float], ...] = DEFAULT_BRACKETS
-    gps_beyond: float = 0.3
-    gps_k: int = 5
-    val_fraction: float = 0.2
-    leak_bound: float = 0.3
-    allow_leaky: bool = False
-    device: str = "auto"
-    progress: bool = True
-
-
-def train_variants(available: list[str], asked: list[str] | None) -> list[str]:
-    if asked:
-        return asked
-    return [v for v in available if v == "clean" or v.startswith(("aug-", "natix-"))]
-
-
-def read_target(spec: str) -> tuple[np.ndarray, np.ndarray]:
-    """GPS of the target set: another cache, or a CSV with lat and lon columns."""
-    path = Path(spec)
-    if (path / "zarr.json").is_file():
-        data = load_cache_data(path, variants=[])
-        return data.gps()
-    if path.suffix.lower() == ".csv" and path.is_file():
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if not rows or not {"lat", "lon"} <= set(rows[0]):
-            raise UserError(f"target CSV {spec} needs 'lat' and 'lon' columns")
-        return (
-            np.array([float(r["lat"]) for r in rows]),
-            np.array([float(r["lon"]) for r in rows]),
-        )
-    raise UserError(f"--target {spec} is neither a cache folder nor a CSV of lat,lon")
-
-
-def leakage(data: CacheData, rows: np.ndarray, opts: TrainHeadOptions) -> tuple[list, list[str]]:
-    table = {k: [v[i] for i in rows] for k, v in data.audit_table().items()}
-    audits = audit(table, data.labels[rows], bound=opts.leak_bound)
-    console.print(format_audit_table(audits, opts.leak_bound))
-    leaky = leaky_fields(audits)
-    return audits, leaky
-
-
-def head_config(data: CacheData, opts: TrainHeadOptions, leaky: list[str]) -> HeadConfig:
-    asked = opts.head.get("in_dim")
-    if asked is not None and asked != data.in_dim:
-        preset = data.attrs.get("backbone", {}).get("preset")
-        raise UserError(
-            f"the head config's in_dim {asked} does not match the {data.in_dim}-d features of "
-            f"cache {opts.cache} (made with backbone {preset})"
-        )
-    values: dict[str, Any] = {"in_dim": data.in_dim, **vocabularies(data)}
-    values.update(opts.head)
-    cfg = HeadConfig.from_dict(values)
-    dropped = [f for f in cfg.meta_fields if f in leaky]
-    if dropped and not opts.allow_leaky:
-        console.print(
-            f"[yellow]dropping leaky metadata field(s) {', '.join(dropped)}; "
-            "pass --allow-leaky-metadata to keep them"
-        )
-        cfg = HeadConfig.from_dict(
-            {**cfg.to_dict(), "meta_fields": [f for f in cfg.meta_fields if f not in leaky]}
-        )
-    return cfg
-
-
-def sampling_weights(
-    data: CacheData, train_idx: np.ndarray, test_idx: np.ndarray, opts: TrainHeadOptions
-) -> tuple[np.ndarray | None, dict[str, Any]]:
-    lat, lon = data.gps()
-    if opts.target:
-        t_lat, t_lon = read_target(opts.target)
-        source = opts.target
-    else:
-        t_lat, t_lon, source = lat[test_idx], lon[test_idx], "test split"
-    ok = np.isfinite(t_lat) & np.isfinite(t_lon)
-    if ok.sum() < opts.gps_k:
-        console.print(f"GPS weighting off: the target ({source}) has {int(ok.sum())} GPS fixes")
-        return None, {"enabled": False, "target": source}
-    centres = target_centres(t_lat[ok], t_lon[ok], k=opts.gps_k, seed=opts.train.seed)
-    weights = gps_weights(
-        lat[train_idx], lon[train_idx], centres, opts.gps_brackets, opts.gps_beyond
-    )
-    before = share_within(lat[train_idx], lon[train_idx], centres, 100.0)
-    after = share_within(lat[train_idx], lon[train_idx], centres, 100.0, weights)
-    console.print(
-        f"GPS weighting toward {source}: share of training draws within 100 km of a "
-        f"target centre {before:.1%} -> {after:.1%}"
-    )
-    return weights, {
-        "enabled": True,
-        "target": source,
-        "centres": centres.tolist(),
-        "share_within_100km_before": before,
-        "share_within_100km_after": after,
-    }
-
-
-def evaluation_variants(data: CacheData) -> list[str]:
-    return [v for v in data.features if v == "clean" or v.startswith("natix-")]
 
 
 def evaluate(
@@ -202,7 +90,7 @@ def evaluate(
                         **m,
                     }
                 )
-    return rows, tuned["head"], {f"{k[0]}:{k[1]}:{k[2]}": v for k, v in probs.items()}
+    return rows, tuned["head"], probs
 
 
 def evaluation_groups(probs: dict[tuple, np.ndarray]) -> list[tuple[tuple, str, list[str]]]:
@@ -260,16 +148,6 @@ def metrics_table(rows: list[dict[str, Any]], random_init: bool) -> Table:
     return table
 
 
-def fit_baseline(data: CacheData, train_idx: np.ndarray, seed: int):
-    """Logistic regression on the global view's features: the gain of the head is measured
-    against it."""
-    x = data.features["clean"][train_idx, 0].astype(np.float32)
-    scaler = StandardScaler().fit(x)
-    lr = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
-    lr.fit(scaler.transform(x), data.labels[train_idx])
-    return scaler, lr
-
-
 def save_curve(history: list[EpochLog], path: Path) -> None:
     import matplotlib
 
@@ -318,7 +196,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         f" {len(test_idx)} test; variants for training: {', '.join(variants)}"
     )
 
-    audits, leaky = leakage(data, train_idx, opts)
+    audits, leaky = audit_leakage(data, train_idx, opts)
     config = head_config(data, opts, leaky)
     weights, gps_info = sampling_weights(data, train_idx, test_idx, opts)
 
@@ -352,34 +230,28 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     table = metrics_table(rows, random_init)
 
     # ---- the run folder ---------------------------------------------------------------------
-    save_weights(model, opts.out)
-    run_config = {
-        "kind": "train-head",
-        "tool_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cache": str(Path(opts.cache).resolve()),
-        "backbone": data.attrs.get("backbone"),
-        "views": data.attrs.get("views"),
-        "head": config.to_dict(),
-        "train": opts.train.to_dict(),
-        "variants": variants,
-        "threshold": threshold,  # folded into predict's output so that 0.5 is the cut
-        "leaky_fields": leaky,
-        "allow_leaky_metadata": opts.allow_leaky,
-        "gps": gps_info,
-    }
-    (opts.out / "config.json").write_text(json.dumps(run_config, indent=2))
-    (opts.out / "audit.json").write_text(json.dumps([a.to_dict() for a in audits], indent=2))
-    history = [h.__dict__ for h in result.history]
+    record = HeadRecord(
+        kind="train-head",
+        head=config.to_dict(),
+        backbone=data.meta.backbone,
+        views=data.meta.views,
+        cache=str(Path(opts.cache).resolve()),
+        cache_fingerprint=data.fingerprint(),
+        threshold=threshold,  # folded into predict's output so that 0.5 is the cut
+        variants=variants,
+        leaky_fields=leaky,
+        allow_leaky_metadata=opts.allow_leaky,
+        gps=gps_info,
+        train=opts.train.to_dict(),
+    )
     metrics = {
         "best_epoch": result.best_epoch,
         "best_val_mcc": result.best_val_mcc,
         "threshold": threshold,
         "random_init_backbone": random_init,
         "rows": rows,
-        "history": history,
+        "history": [h.__dict__ for h in result.history],
     }
-    (opts.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     set_of = np.full(len(data), "train", dtype=object)
     set_of[val_idx], set_of[test_idx] = "val", "test"
     set_of[data.labels < 0] = "unlabelled"
@@ -387,8 +259,8 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         "id": data.ids,
         "set": set_of.tolist(),
         "label": [None if v < 0 else int(v) for v in data.labels],
+        **{prob_column(*key): value for key, value in probs.items()},
     }
-    columns.update({k.replace(":", "_"): v for k, v in probs.items()})
-    pq.write_table(pa.table(columns), opts.out / "predictions.parquet")
-    save_curve(result.history, opts.out / "curve.png")
+    write_run(opts.out, model, record, metrics, [a.to_dict() for a in audits], columns)
+    save_curve(result.history, opts.out / CURVE_FILE)
     return {"table": table, "metrics": metrics, "out": opts.out}

@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.table import Table
 
-from roadwork_cache import __version__
 from roadwork_cache.inference.bundles import Bundle, load_bundle
 from roadwork_cache.inference.foods import (
     STATS_FILE,
@@ -39,6 +38,7 @@ from roadwork_cache.inference.foods import (
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
+from roadwork_cache.runtime.version import __version__
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.dataset import CacheData, load_cache_data
 from roadwork_cache.training.metrics import binary_metrics
@@ -83,10 +83,10 @@ def candidate_variants(available: list[str], asked: list[str] | None) -> list[st
 
 
 def check_cache_matches(
-    cache_attrs: dict[str, Any], config: dict[str, Any], cache: Path, model: Path
+    cache_backbone: dict[str, Any], config: dict[str, Any], cache: Path, model: Path
 ) -> None:
     """The model must have been trained on this backbone's features (keys both record)."""
-    have, want = cache_attrs.get("backbone") or {}, config.get("backbone") or {}
+    have, want = cache_backbone, config.get("backbone") or {}
     for key in ("preset", "pool", "view_size", "feature_dim", "state_sha256", "weights_sha256"):
         if have.get(key) is not None and want.get(key) is not None and have[key] != want[key]:
             raise UserError(
@@ -195,7 +195,7 @@ def run_tta(opts: TtaOptions) -> dict[str, Any]:
     device = resolve_device(opts.device)
     bundle = load_bundle(opts.model, device)
     cache = Cache.open(opts.cache)
-    check_cache_matches(cache.attrs, bundle.config, opts.cache, opts.model)
+    check_cache_matches(cache.meta.backbone, bundle.config, opts.cache, opts.model)
     variants = candidate_variants(cache.variants(), opts.variants)
     data = load_cache_data(opts.cache, list(dict.fromkeys(["clean", *variants])))
     random_init = bool((bundle.config.get("backbone") or {}).get("random_init"))

@@ -29,11 +29,10 @@ import pyarrow.parquet as pq
 import zarr
 
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.store.attrs import FORMAT_NAME, FORMAT_VERSION, CacheAttrs
 from roadwork_cache.store.fastread import read_whole
 from roadwork_cache.store.lock import LOCK_FILE
 
-FORMAT_VERSION = 1
-FORMAT_NAME = "roadwork-cache"
 TEXT_DIM = 384
 SAMPLES_FILE = "samples.parquet"
 
@@ -121,19 +120,21 @@ class Cache:
             raise UserError("a cache needs at least one row")
         chunk_rows = max(1, min(chunk_rows, shard_rows))
         shard_rows -= shard_rows % chunk_rows  # a shard holds a whole number of chunks
+        meta = CacheAttrs.from_dict(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "n_rows": n_rows,
+                "n_views": n_views,
+                "feature_dim": feature_dim,
+                "shard_rows": shard_rows,
+                "chunk_rows": chunk_rows,
+                **attrs,
+            },
+            root,
+        )
         group = zarr.open_group(root, mode="w")
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "n_rows": n_rows,
-            "n_views": n_views,
-            "feature_dim": feature_dim,
-            "shard_rows": shard_rows,
-            "chunk_rows": chunk_rows,
-            "complete": False,
-            **attrs,
-        }
-        group.attrs.update(meta)
+        group.attrs.update(meta.to_dict())
         group.create_group("features")
         cache = cls(root, group)
         cache._create_array("text", (n_rows, TEXT_DIM), "float16")
@@ -150,15 +151,7 @@ class Cache:
             group = zarr.open_group(root, mode=mode)
         except Exception as exc:
             raise UserError(f"cannot open cache {root}: {exc}") from None
-        attrs = dict(group.attrs)
-        if attrs.get("format") != FORMAT_NAME:
-            raise UserError(f"{root} is a Zarr group but not a roadwork cache")
-        version = attrs.get("format_version")
-        if version != FORMAT_VERSION:
-            raise UserError(
-                f"cache {root} has format version {version}, this tool reads version "
-                f"{FORMAT_VERSION}; re-run `roadwork extract` to rebuild it"
-            )
+        CacheAttrs.from_dict(dict(group.attrs), root)  # one sentence when it is not ours
         return cls(root, group)
 
     def _create_array(self, path: str, shape: tuple[int, ...], dtype: str) -> None:
@@ -167,8 +160,8 @@ class Cache:
             path,
             shape=shape,
             dtype=dtype,
-            chunks=(self.attrs["chunk_rows"], *rest),
-            shards=(self.attrs["shard_rows"], *rest),
+            chunks=(self.meta.chunk_rows, *rest),
+            shards=(self.meta.shard_rows, *rest),
             # float16 features barely compress; skipping the codec keeps full reads at disk
             # speed (see bench/cache_io.py).
             compressors=None,
@@ -178,18 +171,27 @@ class Cache:
     # ---- attributes ------------------------------------------------------------------------
 
     @property
+    def meta(self) -> CacheAttrs:
+        """The attributes, typed (see `store.attrs`)."""
+        return CacheAttrs.from_dict(dict(self.group.attrs), self.root)
+
+    @property
     def attrs(self) -> dict[str, Any]:
+        """The attributes as stored (JSON)."""
         return dict(self.group.attrs)
 
     def update_attrs(self, **values: Any) -> None:
+        unknown = sorted(set(values) - CacheAttrs.keys())
+        if unknown:
+            raise ValueError(f"not cache attributes: {', '.join(unknown)}")
         self.group.attrs.update(values)
 
     @property
     def n_rows(self) -> int:
-        return int(self.attrs["n_rows"])
+        return self.meta.n_rows
 
     def shards(self) -> list[ShardRange]:
-        return shard_ranges(self.n_rows, int(self.attrs["shard_rows"]))
+        return shard_ranges(self.n_rows, self.meta.shard_rows)
 
     # ---- variants --------------------------------------------------------------------------
 
@@ -198,10 +200,10 @@ class Cache:
 
     def ensure_variant(self, name: str) -> None:
         if name not in self.variants():
-            attrs = self.attrs
+            meta = self.meta
             self._create_array(
                 f"features/{name}",
-                (attrs["n_rows"], attrs["n_views"], attrs["feature_dim"]),
+                (meta.n_rows, meta.n_views, meta.feature_dim),
                 "float16",
             )
 
@@ -218,7 +220,8 @@ class Cache:
 
     def write_features(self, variant: str, shard: ShardRange, features: np.ndarray) -> None:
         """Write one whole shard of `features/<variant>` and mark it done."""
-        expected = (len(shard), self.attrs["n_views"], self.attrs["feature_dim"])
+        meta = self.meta
+        expected = (len(shard), meta.n_views, meta.feature_dim)
         if features.shape != expected:
             raise ValueError(f"shard {shard.index} has shape {features.shape}, not {expected}")
         data = features.astype(np.float16)
@@ -285,12 +288,12 @@ class Cache:
 
     def info(self) -> dict[str, Any]:
         """Everything `roadwork cache info` shows, as one JSON-ready dict."""
-        attrs = self.attrs
+        attrs = self.meta
         out: dict[str, Any] = {
             "path": str(self.root),
-            "format_version": attrs["format_version"],
-            "complete": attrs.get("complete", False),
-            "rows": attrs["n_rows"],
+            "format_version": attrs.format_version,
+            "complete": attrs.complete,
+            "rows": attrs.n_rows,
             "arrays": {
                 name: {
                     "shape": list(arr.shape),
@@ -300,15 +303,15 @@ class Cache:
                 }
                 for name, arr in self.arrays().items()
             },
-            "shards_done": attrs.get("shards_done", {}),
+            "shards_done": attrs.shards_done,
             "n_shards": len(self.shards()),
-            "backbone": attrs.get("backbone", {}),
-            "views": attrs.get("views", {}),
-            "variants": attrs.get("variants", {}),
-            "text_model": attrs.get("text_model"),
-            "source": attrs.get("source"),
-            "tool_version": attrs.get("tool_version"),
-            "created": attrs.get("created"),
+            "backbone": attrs.backbone,
+            "views": attrs.views,
+            "variants": attrs.variants,
+            "text_model": attrs.text_model,
+            "source": attrs.source,
+            "tool_version": attrs.tool_version,
+            "created": attrs.created,
         }
         if (self.root / SAMPLES_FILE).is_file():
             table = self.samples()

@@ -15,6 +15,7 @@ import torch
 
 from roadwork_cache.heads import HeadConfig, MetadataBatch
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.store.attrs import CacheAttrs
 from roadwork_cache.store.cache import Cache
 
 # Metadata fields a head can read, with the samples.parquet column that feeds each, and the
@@ -34,7 +35,7 @@ class CacheData:
     """The usable (status ok) rows of a cache, in cache order."""
 
     root: Path
-    attrs: dict[str, Any]
+    meta: CacheAttrs
     rows: np.ndarray  # [n] positions in the cache
     columns: dict[str, list]  # samples.parquet columns restricted to `rows`
     labels: np.ndarray  # [n] int64, -1 where unknown
@@ -51,7 +52,19 @@ class CacheData:
 
     @property
     def in_dim(self) -> int:
-        return int(self.attrs["feature_dim"])
+        return int(self.meta.feature_dim)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the cache beyond its path (a rebuilt cache at the same path
+        differs): recorded by every model trained on it."""
+        return {
+            "path": str(Path(self.root).resolve()),
+            "created": self.meta.created,
+            "n_rows": self.meta.n_rows,
+            "feature_dim": self.in_dim,
+            "backbone": self.meta.backbone.get("preset"),
+            "weights_sha256": self.meta.backbone.get("weights_sha256"),
+        }
 
     def split_names(self) -> np.ndarray:
         return np.array([s or "" for s in self.columns["split"]], dtype=object)
@@ -82,8 +95,8 @@ class CacheData:
 def load_cache_data(path: str | Path, variants: list[str] | None = None) -> CacheData:
     """Open a finished cache and load the ok rows of the given variants (default: all)."""
     cache = Cache.open(path)
-    attrs = cache.attrs
-    if not attrs.get("complete"):
+    meta = cache.meta
+    if not meta.complete:
         raise UserError(f"cache {path} is not complete; finish it with `roadwork extract` first")
     table = cache.samples().to_pydict()
     ok = np.array([s == "ok" for s in table["status"]])
@@ -101,9 +114,7 @@ def load_cache_data(path: str | Path, variants: list[str] | None = None) -> Cach
     text, text_mask = cache.text()
     columns = {k: [v[i] for i in rows] for k, v in table.items()}
     labels = np.array([-1 if v is None else int(v) for v in columns["label"]], dtype=np.int64)
-    return CacheData(
-        Path(path), attrs, rows, columns, labels, features, text[rows], text_mask[rows]
-    )
+    return CacheData(Path(path), meta, rows, columns, labels, features, text[rows], text_mask[rows])
 
 
 def labelled_rows(data: CacheData) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +132,7 @@ def labelled_rows(data: CacheData) -> tuple[np.ndarray, np.ndarray]:
 
 def random_backbone(data: CacheData) -> bool:
     """True for a cache made with random backbone weights (the tiny preset)."""
-    return bool(data.attrs.get("backbone", {}).get("random_init"))
+    return data.meta.random_init
 
 
 def vocabularies(data: CacheData) -> dict[str, tuple[str, ...]]:

@@ -11,6 +11,7 @@ once (`run_folds`), with the same seeds either way.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -317,3 +318,60 @@ def run_folds(
             if on_done:
                 on_done(outputs[-1])
     return outputs
+
+
+def digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=lambda a: np.asarray(a).tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class MemberResult:
+    name: str
+    config: HeadConfig
+    oof: dict[str, np.ndarray]  # key -> OOF logits over the pool rows
+    test: dict[str, np.ndarray]  # key -> mean fold-model logits on the test rows
+    target: dict[str, np.ndarray]  # key -> the same on a separate target's labelled rows
+    full: np.ndarray  # clean:none mean fold-model logits on every cache row
+    folders: list[str]  # fold folders relative to the output folder
+    info: dict[str, Any]  # member.json
+
+
+def assemble_member(
+    name: str,
+    config: HeadConfig,
+    outputs: list[FoldOutput],
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    n_pool: int,
+    folders: list[str],
+    info: dict[str, Any],
+) -> MemberResult:
+    """A member from its fold outputs: OOF logits where each row comes from the fold model
+    that did not train on it; test, target and full logits as the mean over fold models."""
+    outputs = sorted(outputs, key=lambda o: o.fold)
+    oof = {key: np.zeros(n_pool) for key in outputs[0].val}
+    for o in outputs:
+        for key, value in o.val.items():
+            oof[key][folds[o.fold][1]] = value
+    test = {key: np.mean([o.test[key] for o in outputs], axis=0) for key in outputs[0].test}
+    target = {key: np.mean([o.target[key] for o in outputs], axis=0) for key in outputs[0].target}
+    full = np.mean([o.full for o in outputs], axis=0)
+    info = {
+        **info,
+        "folders": folders,
+        "folds": [
+            {
+                "fold": o.fold + 1,
+                "best_epoch": o.best_epoch,
+                "best_val_mcc": o.best_val_mcc,
+                "epochs_run": o.epochs_run,
+                "seconds": o.seconds,
+                "logit_norm": o.norm.to_dict(),
+            }
+            for o in outputs
+        ],
+    }
+    return MemberResult(name, config, oof, test, target, full, folders, info)
+
+
+CLEAN = "clean:none"  # the key everything is fitted and tuned on: the deployment setting

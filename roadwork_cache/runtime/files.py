@@ -1,0 +1,27 @@
+"""Small file helpers every writer shares: JSON written atomically, JSON read in one sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from roadwork_cache.runtime.errors import UserError
+
+
+def write_json(path: Path, value: Any) -> Path:
+    """Write `value` as indented JSON; a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=float))
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"cannot read {path}: {reason}") from None

@@ -1,0 +1,138 @@
+"""What every stage-two run decides before its first epoch, shared by `train-head` and
+`ensemble`: which cached variants to train and score on, the metadata leakage audit and the
+fields it drops, the head config, and the GPS sampling weights toward the target."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roadwork_cache.heads import HeadConfig
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.progress import console
+from roadwork_cache.training.dataset import CacheData, load_cache_data, vocabularies
+from roadwork_cache.training.leakage import FieldAudit, audit, format_audit_table, leaky_fields
+from roadwork_cache.training.loop import TrainConfig
+from roadwork_cache.training.sampler import (
+    DEFAULT_BEYOND,
+    DEFAULT_BRACKETS,
+    gps_weights,
+    share_within,
+    target_centres,
+)
+
+
+@dataclass
+class TrainHeadOptions:
+    cache: Path
+    out: Path
+    head: dict[str, Any] = field(default_factory=dict)  # HeadConfig overrides
+    train: TrainConfig = field(default_factory=TrainConfig)
+    variants: list[str] | None = None  # None: every clean / aug-* / natix-* variant
+    target: str | None = None  # cache folder or CSV of lat,lon; default: the test split
+    gps_brackets: tuple[tuple[float, float], ...] = DEFAULT_BRACKETS
+    gps_beyond: float = DEFAULT_BEYOND
+    gps_k: int = 5
+    val_fraction: float = 0.2
+    leak_bound: float = 0.3
+    allow_leaky: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+
+def train_variants(available: list[str], asked: list[str] | None) -> list[str]:
+    if asked:
+        return asked
+    return [v for v in available if v == "clean" or v.startswith(("aug-", "natix-"))]
+
+
+def read_target(spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """GPS of the target set: another cache, or a CSV with lat and lon columns."""
+    path = Path(spec)
+    if (path / "zarr.json").is_file():
+        data = load_cache_data(path, variants=[])
+        return data.gps()
+    if path.suffix.lower() == ".csv" and path.is_file():
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows or not {"lat", "lon"} <= set(rows[0]):
+            raise UserError(f"target CSV {spec} needs 'lat' and 'lon' columns")
+        return (
+            np.array([float(r["lat"]) for r in rows]),
+            np.array([float(r["lon"]) for r in rows]),
+        )
+    raise UserError(f"--target {spec} is neither a cache folder nor a CSV of lat,lon")
+
+
+def audit_leakage(
+    data: CacheData, rows: np.ndarray, opts: TrainHeadOptions
+) -> tuple[list[FieldAudit], list[str]]:
+    """The leakage audit on `rows`, printed; returns the audits and the leaky fields."""
+    table = {k: [v[i] for i in rows] for k, v in data.audit_table().items()}
+    audits = audit(table, data.labels[rows], bound=opts.leak_bound)
+    console.print(format_audit_table(audits, opts.leak_bound))
+    leaky = leaky_fields(audits)
+    return audits, leaky
+
+
+def head_config(data: CacheData, opts: TrainHeadOptions, leaky: list[str]) -> HeadConfig:
+    asked = opts.head.get("in_dim")
+    if asked is not None and asked != data.in_dim:
+        preset = data.meta.backbone.get("preset")
+        raise UserError(
+            f"the head config's in_dim {asked} does not match the {data.in_dim}-d features of "
+            f"cache {opts.cache} (made with backbone {preset})"
+        )
+    values: dict[str, Any] = {"in_dim": data.in_dim, **vocabularies(data)}
+    values.update(opts.head)
+    cfg = HeadConfig.from_dict(values)
+    dropped = [f for f in cfg.meta_fields if f in leaky]
+    if dropped and not opts.allow_leaky:
+        console.print(
+            f"[yellow]dropping leaky metadata field(s) {', '.join(dropped)}; "
+            "pass --allow-leaky-metadata to keep them"
+        )
+        cfg = HeadConfig.from_dict(
+            {**cfg.to_dict(), "meta_fields": [f for f in cfg.meta_fields if f not in leaky]}
+        )
+    return cfg
+
+
+def sampling_weights(
+    data: CacheData, train_idx: np.ndarray, test_idx: np.ndarray, opts: TrainHeadOptions
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    lat, lon = data.gps()
+    if opts.target:
+        t_lat, t_lon = read_target(opts.target)
+        source = opts.target
+    else:
+        t_lat, t_lon, source = lat[test_idx], lon[test_idx], "test split"
+    ok = np.isfinite(t_lat) & np.isfinite(t_lon)
+    if ok.sum() < opts.gps_k:
+        console.print(f"GPS weighting off: the target ({source}) has {int(ok.sum())} GPS fixes")
+        return None, {"enabled": False, "target": source}
+    centres = target_centres(t_lat[ok], t_lon[ok], k=opts.gps_k, seed=opts.train.seed)
+    weights = gps_weights(
+        lat[train_idx], lon[train_idx], centres, opts.gps_brackets, opts.gps_beyond
+    )
+    before = share_within(lat[train_idx], lon[train_idx], centres, 100.0)
+    after = share_within(lat[train_idx], lon[train_idx], centres, 100.0, weights)
+    console.print(
+        f"GPS weighting toward {source}: share of training draws within 100 km of a "
+        f"target centre {before:.1%} -> {after:.1%}"
+    )
+    return weights, {
+        "enabled": True,
+        "target": source,
+        "centres": centres.tolist(),
+        "share_within_100km_before": before,
+        "share_within_100km_after": after,
+    }
+
+
+def evaluation_variants(data: CacheData) -> list[str]:
+    return [v for v in data.features if v == "clean" or v.startswith("natix-")]
