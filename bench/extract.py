@@ -31,7 +31,7 @@ from roadwork_cache.backbone.presets import get_preset
 from roadwork_cache.readers.sources import open_source
 from roadwork_cache.runtime.devices import default_workers
 from roadwork_cache.stages.extract import extract_variants
-from roadwork_cache.synth.scene import write_synthetic
+from roadwork_cache.synth.dataset import write_synthetic
 from roadwork_cache.views.batching import view_loader
 from roadwork_cache.views.geometry import N_VIEWS
 

@@ -56,7 +56,7 @@ def synth(
     scene descriptions follow the real data's columns and NULL patterns.
     """
     from roadwork_cache.runtime.progress import console, progress_bar
-    from roadwork_cache.synth.scene import write_synthetic
+    from roadwork_cache.synth.dataset import write_synthetic
 
     with progress_bar() as bar:
         task = bar.add_task("synth", total=rows, rate="")
@@ -154,8 +154,9 @@ def extract(
     status 'error' and the run goes on. Multi-GPU: torchrun --nproc-per-node N -m
     roadwork_cache.cli extract ... (same arguments).
     """
+    from roadwork_cache.reports.tables import extract_table
     from roadwork_cache.runtime.progress import console
-    from roadwork_cache.stages.extract import ExtractConfig, run_extract, summary_table
+    from roadwork_cache.stages.extract import ExtractConfig, run_extract
     from roadwork_cache.views.variants import parse_variants
 
     if batch_size < 1 or shard_rows < 1:
@@ -180,7 +181,7 @@ def extract(
     )
     summary = run_extract(cfg)
     if summary is not None:  # rank 0 (or the only process) reports
-        console.print(summary_table(summary))
+        console.print(extract_table(summary))
 
 
 def _parse_brackets(text: str) -> tuple[tuple[float, float], ...]:
@@ -631,8 +632,9 @@ def predict(
     An unreadable image gets an error line and the others still get answers; the exit
     status is then 1.
     """
+    from roadwork_cache.reports.tables import answers_table
     from roadwork_cache.runtime.progress import console
-    from roadwork_cache.stages.predict import PredictOptions, answers_table, run_predict
+    from roadwork_cache.stages.predict import PredictOptions, run_predict
     from roadwork_cache.views.variants import parse_variants
 
     opts = PredictOptions(
@@ -703,7 +705,7 @@ def cache_info(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Rows, splits, labels, statuses, arrays (shapes, dtypes), backbone and recipes."""
-    from roadwork_cache.stages.info import cache_info_table
+    from roadwork_cache.reports.tables import cache_info_table
     from roadwork_cache.store.cache import Cache, to_json
 
     info = Cache.open(path).info()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from roadwork_cache.readers.sources import open_source
-from roadwork_cache.synth.scene import write_synthetic
+from roadwork_cache.synth.dataset import write_synthetic
 from roadwork_cache.views.batching import variant_batches, view_loader
 
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import run_cli
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.store.lock import writer_lock
-from roadwork_cache.synth.scene import write_synthetic
+from roadwork_cache.synth.dataset import write_synthetic
 
 COMMON = ("--view-size", "32", "--shard-rows", "4", "--workers", "0", "--no-progress", "--no-text")
 

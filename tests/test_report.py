@@ -13,15 +13,10 @@ import pytest
 import torch
 
 from helpers import planted_cache, run_cli
+from roadwork_cache.reports.analysis import GroupScore, choose_set, score_groups
+from roadwork_cache.reports.html import table_html
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.stages.report import (
-    GroupScore,
-    choose_set,
-    load_run,
-    score_groups,
-    table_html,
-    write_report,
-)
+from roadwork_cache.stages.report import load_run, write_report
 from roadwork_cache.stages.train_head import run_train_head
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.loop import TrainConfig

@@ -18,15 +18,9 @@ from PIL import Image
 
 from roadwork_cache.readers.schema import NATIX_COLUMNS
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.synth.scene import (
-    ALTERATIONS,
-    CITIES,
-    DAYTIMES,
-    ENVIRONMENTS,
-    WEATHERS,
-    render_scene,
-    write_synthetic,
-)
+from roadwork_cache.synth.dataset import CITIES, write_synthetic
+from roadwork_cache.synth.layout import ALTERATIONS, DAYTIMES, ENVIRONMENTS, WEATHERS
+from roadwork_cache.synth.scene import render_scene
 
 SHARD_NAME = re.compile(r"^(train|test)-(\d{5})-of-(\d{5})\.parquet$")
 GPS = re.compile(r"^\[(-?\d+(?:\.\d+)?), (-?\d+(?:\.\d+)?)\]$")

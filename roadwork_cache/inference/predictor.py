@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +270,17 @@ class Predictor:
 
 
 # ---- the miner's object ----------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    path: str
+    probability: float | None = None
+    error: str | None = None
+
+    @property
+    def roadwork(self) -> bool | None:
+        return None if self.probability is None else self.probability > 0.5
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "roadwork": self.roadwork}

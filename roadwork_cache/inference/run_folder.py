@@ -45,6 +45,11 @@ class RunFolder:
     predictions: dict[str, list[Any]]
 
     @property
+    def config(self) -> dict[str, Any]:
+        """The record as JSON (what config.json holds)."""
+        return self.record.to_dict()
+
+    @property
     def threshold(self) -> float:
         return float(self.record.threshold)
 

@@ -115,12 +115,13 @@ def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path 
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Path]:
-    from roadwork_cache.stages.extract import ExtractConfig, run_extract, summary_table
-    from roadwork_cache.stages.predict import PredictOptions, answers_table, run_predict
+    from roadwork_cache.reports.tables import answers_table, extract_table
+    from roadwork_cache.stages.extract import ExtractConfig, run_extract
+    from roadwork_cache.stages.predict import PredictOptions, run_predict
     from roadwork_cache.stages.report import write_report
     from roadwork_cache.stages.train_head import run_train_head
     from roadwork_cache.stages.tta import TtaOptions, run_tta
-    from roadwork_cache.synth.scene import write_synthetic
+    from roadwork_cache.synth.dataset import write_synthetic
     from roadwork_cache.training.loop import TrainConfig
     from roadwork_cache.training.prepare import TrainHeadOptions
     from roadwork_cache.views.variants import parse_variants
@@ -156,7 +157,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
         )
     )
     if summary is not None:
-        console.print(summary_table(summary))
+        console.print(extract_table(summary))
     where["feature cache"] = cache
 
     step("3. train-head: a small head from the cache alone")

@@ -29,7 +29,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from rich.table import Table
 
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.combine import Calibration, LogitNorm
@@ -51,6 +50,7 @@ from roadwork_cache.inference.ensemble_folder import (
     write_member,
 )
 from roadwork_cache.inference.head_folder import HeadRecord, write_head
+from roadwork_cache.reports.tables import ensemble_table
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.files import write_json
@@ -134,41 +134,6 @@ def save_member(out: Path, member: MemberResult) -> None:
     """What a later run into the same folder reuses: logits and member.json."""
     logits = {"oof": member.oof, "test": member.test, "target": member.target}
     write_member(out, member.name, MemberFile(member.info, logits, member.full))
-
-
-def ensemble_table(rows: list[dict[str, Any]], random_init: bool, target_name: str | None) -> Table:
-    title = (
-        "ensemble: MCC / accuracy / reward (metadata 'none' is what a validator sends; "
-        "'natix' pools the natix-* levels)"
-    )
-    if target_name:
-        title += f"\ntarget = {target_name}, every model's threshold cross-fitted on its folds"
-    if random_init:
-        title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
-    table = Table(title=title)
-    for col in ("model", "set", "metadata"):
-        table.add_column(col)
-    for col in ("clean MCC", "acc", "reward", "natix MCC", "acc ", "reward ", "n"):
-        table.add_column(col, justify="right")
-    index = {(r["model"], r["set"], r["metadata"], r["variant"]): r for r in rows}
-    seen = []
-    for r in rows:
-        k = (r["model"], r["set"], r["metadata"])
-        if k not in seen:
-            seen.append(k)
-    order = {"oof": 0, "test": 1, "target": 2}
-    for model, set_name, meta in sorted(seen, key=lambda k: order.get(k[1], 9)):
-        cells = []
-        for variant in ("clean", "natix"):
-            r = index.get((model, set_name, meta, variant))
-            cells += (
-                [f"{r['mcc']:+.3f}", f"{r['accuracy']:.3f}", f"{r['reward']:.3f}"]
-                if r
-                else ["-", "-", "-"]
-            )
-        n = index.get((model, set_name, meta, "clean"), {}).get("n", "-")
-        table.add_row(model, set_name, meta, *cells, str(n))
-    return table
 
 
 # ---- the stage --------------------------------------------------------------------------------

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.table import Table
 
 from roadwork_cache.backbone.loading import load_backbone
 from roadwork_cache.backbone.model import FrozenBackbone
 from roadwork_cache.backbone.presets import POOLS, get_preset
 from roadwork_cache.readers.schema import Sample
 from roadwork_cache.readers.sources import open_source
+from roadwork_cache.reports.tables import ExtractSummary
 from roadwork_cache.runtime.devices import default_workers, resolve_device
 from roadwork_cache.runtime.distributed import close_ranks, init_ranks
 from roadwork_cache.runtime.errors import UserError
@@ -59,21 +59,6 @@ class ExtractConfig:
     variants: list[str] = field(default_factory=lambda: ["clean"])
     text: bool = True
     progress: bool = True
-
-
-@dataclass
-class ExtractSummary:
-    cache: Path
-    rows: int
-    shards_total: int
-    shards_done_now: int
-    ok: int = 0
-    errors: int = 0
-    error_reasons: Counter = field(default_factory=Counter)
-    seconds: float = 0.0
-    images_per_s: float = 0.0
-    random_init: bool = False
-    variants: list[str] = field(default_factory=list)
 
 
 def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> dict[str, Any]:
@@ -403,23 +388,3 @@ def shard_rows_only(samples: list[Sample], cfg: ExtractConfig) -> list[dict]:
         except ImageError as exc:
             rows.append(sample_row(sample, None, None, str(exc)))
     return rows
-
-
-def summary_table(summary: ExtractSummary) -> Table:
-    table = Table(title=f"extract: {summary.cache}")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row("rows", str(summary.rows))
-    table.add_row(
-        "shards written now / total", f"{summary.shards_done_now} / {summary.shards_total}"
-    )
-    table.add_row("ok", str(summary.ok))
-    table.add_row("errors", str(summary.errors))
-    for reason, count in summary.error_reasons.most_common(5):
-        table.add_row(f"  {reason}", str(count))
-    table.add_row("variants", ", ".join(summary.variants))
-    table.add_row("seconds", f"{summary.seconds:.1f}")
-    table.add_row("images / s (all variants)", f"{summary.images_per_s:.2f}")
-    if summary.random_init:
-        table.add_row("[yellow]backbone", "[yellow]random weights (tiny preset)")
-    return table

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from roadwork_cache.inference.predictor import Predictor
+from roadwork_cache.inference.predictor import Answer, Predictor
 from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
 from roadwork_cache.runtime.devices import default_workers
 from roadwork_cache.runtime.errors import UserError
@@ -41,20 +40,6 @@ class PredictOptions:
     workers: int | None = None
     device: str = "auto"
     progress: bool = True
-
-
-@dataclass
-class Answer:
-    path: str
-    probability: float | None = None
-    error: str | None = None
-
-    @property
-    def roadwork(self) -> bool | None:
-        return None if self.probability is None else self.probability > 0.5
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "roadwork": self.roadwork}
 
 
 def _folder_images(folder: Path) -> list[str]:
@@ -167,22 +152,3 @@ def run_predict(
                     answers[todo[item.index]].error = item.error
             bar.update(task, advance=len(batch.items))
     return answers, predictor
-
-
-def answers_table(answers: list[Answer], predictor: Predictor) -> Table:
-    title = f"predict: {predictor.model} (0.5 is the cut; TTA: {predictor.combine})"
-    if predictor.backbone.info.get("random_init"):
-        title += "\n[yellow]random backbone weights: a demonstration of the machinery"
-    table = Table(title=title)
-    table.add_column("image")
-    table.add_column("probability", justify="right")
-    table.add_column("answer")
-    table.add_column("error")
-    for a in answers:
-        if a.error:
-            table.add_row(a.path, "-", "[red]error", a.error)
-        else:
-            table.add_row(
-                a.path, f"{a.probability:.4f}", "roadwork" if a.roadwork else "no roadwork", ""
-            )
-    return table

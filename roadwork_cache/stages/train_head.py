@@ -9,13 +9,11 @@ and test, on clean and validator-like (`natix-*`) variants, with and without met
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.table import Table
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -23,6 +21,8 @@ from roadwork_cache.heads import RoadworkHead
 from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.inference.head_folder import HeadRecord
 from roadwork_cache.inference.run_folder import CURVE_FILE, prob_column, write_run
+from roadwork_cache.reports.figures import save_curve
+from roadwork_cache.reports.tables import train_head_table
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.training.baselines import fit_baseline
@@ -93,81 +93,6 @@ def evaluate(
     return rows, tuned["head"], probs
 
 
-def evaluation_groups(probs: dict[tuple, np.ndarray]) -> list[tuple[tuple, str, list[str]]]:
-    """((model, metadata), 'clean' | 'natix', [variants]) for every scored combination."""
-    out = []
-    keys = sorted(
-        {(m, meta) for m, _, meta in probs}, key=lambda k: (k[0] != "head", k[1] != "none")
-    )
-    for model_name, meta_name in keys:
-        variants = [v for m, v, meta in probs if m == model_name and meta == meta_name]
-        out.append(((model_name, meta_name), "clean", ["clean"]))
-        natix = sorted(v for v in variants if v.startswith("natix-"))
-        if natix:
-            out.append(((model_name, meta_name), "natix", natix))
-    return out
-
-
-def metrics_table(rows: list[dict[str, Any]], random_init: bool) -> Table:
-    title = "train-head: metrics (metadata 'none' is what a validator sends)"
-    if random_init:
-        title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
-    table = Table(title=title)
-    for col in (
-        "model",
-        "set",
-        "variant",
-        "metadata",
-        "thr",
-        "MCC",
-        "acc",
-        "prec",
-        "rec",
-        "F1",
-        "AUC",
-        "reward",
-        "n",
-    ):
-        table.add_column(col, justify="right" if col not in ("model", "set", "variant") else "left")
-    for r in rows:
-        table.add_row(
-            r["model"],
-            r["set"],
-            r["variant"],
-            r["metadata"],
-            f"{r['threshold']:.3f}",
-            f"{r['mcc']:+.3f}",
-            f"{r['accuracy']:.3f}",
-            f"{r['precision']:.3f}",
-            f"{r['recall']:.3f}",
-            f"{r['f1']:.3f}",
-            "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}",
-            f"{r['reward']:.3f}",
-            str(r["n"]),
-        )
-    return table
-
-
-def save_curve(history: list[EpochLog], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h.epoch for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(epochs, [h.loss for h in history], label="train loss")
-    ax[0].set_xlabel("epoch")
-    ax[0].legend()
-    ax[1].plot(epochs, [h.val_mcc for h in history], label="val MCC (no metadata)")
-    ax[1].plot(epochs, [h.val_auc for h in history], label="val AUC (no metadata)")
-    ax[1].set_xlabel("epoch")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     device = resolve_device(opts.device)
     torch.manual_seed(opts.train.seed)
@@ -227,7 +152,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     baseline = fit_baseline(data, train_idx, opts.train.seed)
     sets = {"val": val_idx, "test": test_idx}
     rows, threshold, probs = evaluate(model, data, meta, device, sets, baseline)
-    table = metrics_table(rows, random_init)
+    table = train_head_table(rows, random_init)
 
     # ---- the run folder ---------------------------------------------------------------------
     record = HeadRecord(
@@ -264,3 +189,18 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     write_run(opts.out, model, record, metrics, [a.to_dict() for a in audits], columns)
     save_curve(result.history, opts.out / CURVE_FILE)
     return {"table": table, "metrics": metrics, "out": opts.out}
+
+
+def evaluation_groups(probs: dict[tuple, np.ndarray]) -> list[tuple[tuple, str, list[str]]]:
+    """((model, metadata), 'clean' | 'natix', [variants]) for every scored combination."""
+    out = []
+    keys = sorted(
+        {(m, meta) for m, _, meta in probs}, key=lambda k: (k[0] != "head", k[1] != "none")
+    )
+    for model_name, meta_name in keys:
+        variants = [v for m, v, meta in probs if m == model_name and meta == meta_name]
+        out.append(((model_name, meta_name), "clean", ["clean"]))
+        natix = sorted(v for v in variants if v.startswith("natix-"))
+        if natix:
+            out.append(((model_name, meta_name), "natix", natix))
+    return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.table import Table
 
 from roadwork_cache.inference.bundles import Bundle, load_bundle
 from roadwork_cache.inference.foods import (
@@ -35,6 +33,7 @@ from roadwork_cache.inference.foods import (
     uniform_weights,
     weighted_probability,
 )
+from roadwork_cache.reports.tables import tta_table, variant_table
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
@@ -45,7 +44,6 @@ from roadwork_cache.training.metrics import binary_metrics
 from roadwork_cache.views.variants import check_variant
 
 METHODS = ("none", "mean", "foods")
-METHOD_NAMES = {"none": "no TTA (clean)", "mean": "mean-TTA", "foods": "FOODS"}
 
 
 @dataclass
@@ -153,39 +151,6 @@ def metric_rows(labels: np.ndarray, probs: dict[str, np.ndarray]) -> list[dict[s
     if not known.any():
         return []
     return [{"method": m, **binary_metrics(labels[known], probs[m][known], 0.5)} for m in METHODS]
-
-
-def metrics_table(rows: list[dict[str, Any]], split: str, random_init: bool) -> Table:
-    title = f"tta: split {split}, metadata-free, cut at 0.5 (threshold folded)"
-    if random_init:
-        title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
-    table = Table(title=title)
-    for col in ("method", "MCC", "acc", "reward", "AUC", "n"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for r in rows:
-        table.add_row(
-            METHOD_NAMES[r["method"]],
-            f"{r['mcc']:+.3f}",
-            f"{r['accuracy']:.3f}",
-            f"{r['reward']:.3f}",
-            "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}",
-            str(r["n"]),
-        )
-    return table
-
-
-def variant_table(summary: list[dict[str, Any]]) -> Table:
-    table = Table(title="FOODS by variant (mean over images)")
-    for col in ("variant", "distance", "kept", "weight"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for s in summary:
-        table.add_row(
-            s["variant"],
-            f"{s['mean_distance']:.2f}",
-            f"{s['kept_share']:.0%}",
-            f"{s['mean_weight']:.3f}",
-        )
-    return table
 
 
 def run_tta(opts: TtaOptions) -> dict[str, Any]:
@@ -298,6 +263,6 @@ def run_tta(opts: TtaOptions) -> dict[str, Any]:
         "out": opts.out,
         "metrics_path": metrics_path,
         "stats_path": stats_path,
-        "table": metrics_table(metrics, opts.split, random_init) if metrics else None,
+        "table": tta_table(metrics, opts.split, random_init) if metrics else None,
         "variant_table": variant_table(by_variant),
     }
