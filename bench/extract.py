@@ -65,11 +65,19 @@ def forward_flops(backbone: FrozenBackbone, views: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def stand_in(preset: str, view_size: int, attn: str) -> torch.nn.Module:
+    """The preset's backbone with random weights; attn 'eager' computes attention with plain
+    matmuls and softmax instead of SDPA (timm's fused_attn off)."""
+    model = random_model(get_preset(preset), view_size)
+    for block in model.blocks:
+        block.attn.fused_attn = attn != "eager"
+    return model
+
+
 def make_backbone(preset: str, view_size: int, attn: str, device: torch.device) -> FrozenBackbone:
     p = get_preset(preset)
-    model = random_model(p, attn)
     info = {"preset": p.name, "view_size": view_size, "feature_dim": p.embed_dim}
-    return FrozenBackbone(model, "transformers", p, "cls", info).to(device)
+    return FrozenBackbone(stand_in(preset, view_size, attn), "random", p, "cls", info).to(device)
 
 
 class Fp32Eager(FrozenBackbone):
@@ -120,8 +128,8 @@ def main() -> None:
     fast = make_backbone(args.preset, args.view_size, "sdpa", device)
     base = (
         Fp32Eager(
-            random_model(get_preset(args.preset), "eager"),
-            "transformers",
+            stand_in(args.preset, args.view_size, "eager"),
+            "random",
             fast.preset,
             "cls",
             fast.info,

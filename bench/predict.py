@@ -94,7 +94,7 @@ def build(
         "random_init": True,
     }
     t0 = time.perf_counter()
-    backbone = FrozenBackbone(random_model(preset), "transformers", preset, "cls", info)
+    backbone = FrozenBackbone(random_model(preset), "random", preset, "cls", info)
     backbone = backbone.to(device)
     torch.manual_seed(0)
     heads = [

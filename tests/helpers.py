@@ -146,3 +146,79 @@ def planted_cache(
         cache.write_samples(shard, rows)
     cache.finalize()
     return root, planted, labels
+
+
+SMALL_HEAD = {
+    "dim": 32,
+    "layers": 1,
+    "heads": 4,
+    "pyramid_dims": [32, 16],
+    "fusion_dim": 32,
+    "classifier_dim": 16,
+    "gate_dim": 16,
+}
+
+
+def tiny_models(root: Path, view_size: int = 64) -> tuple[Path, Path]:
+    """A train-head run folder and a two-member ensemble folder over the tiny backbone, with
+    seeded untrained heads, written through the format owners (no training: what a loader
+    does must not depend on what the heads learned)."""
+    import torch
+
+    from roadwork_cache.backbone.loading import load_backbone
+    from roadwork_cache.heads import HeadConfig, RoadworkHead
+    from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm
+    from roadwork_cache.inference.ensemble_folder import (
+        EnsembleManifest,
+        MemberEntry,
+        fold_folder,
+        write_manifest,
+    )
+    from roadwork_cache.inference.head_folder import HeadRecord, write_head
+
+    info = load_backbone("tiny", view_size=view_size).info
+    views = {"layout": "grid3x3-v1", "n_views": 12, "view_size": view_size}
+    config = HeadConfig.from_dict({"in_dim": info["feature_dim"], **SMALL_HEAD})
+
+    def head(seed: int) -> RoadworkHead:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return RoadworkHead(config)
+
+    def record(kind: str, **extra) -> HeadRecord:
+        return HeadRecord(
+            kind=kind,
+            head=config.to_dict(),
+            backbone=info,
+            views=views,
+            cache=str(root / "cache"),
+            **extra,
+        )
+
+    run = root / "run"
+    write_head(run, head(1), record("train-head", threshold=0.4))
+    ensemble = root / "ensemble"
+    members = []
+    for m, name in enumerate(("a", "b")):
+        rel = fold_folder(name, 1)
+        write_head(
+            ensemble / rel,
+            head(10 + m),
+            record(
+                "ensemble-member", member=name, fold=1, logit_norm=LogitNorm(0.1, 2.0).to_dict()
+            ),
+        )
+        members.append(MemberEntry(name, [rel]))
+    manifest = EnsembleManifest(
+        members=members,
+        method="mean",
+        combination=Combination("mean", ["a", "b"], [0.5, 0.5]).to_dict(),
+        calibration=Calibration(1.3, 0.45).to_dict(),
+        cache=str(root / "cache"),
+        backbone=info,
+        views=views,
+        temperature=1.3,
+        threshold=0.45,
+    )
+    write_manifest(ensemble, manifest, {"method": "mean"})
+    return run, ensemble

@@ -19,7 +19,7 @@ class FrozenBackbone(nn.Module):
         if pool not in POOLS:
             raise UserError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
         self.model = model.eval().requires_grad_(False)
-        self.kind = kind  # "transformers" or "timm"
+        self.kind = kind  # the weights' format: random, transformers, timm or meta
         self.preset = preset
         self.pool = pool
         self.info = info
@@ -35,10 +35,8 @@ class FrozenBackbone(nn.Module):
         return self.mean.device
 
     def tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Normalised pixels [B, 3, S, S] -> final-norm tokens [B, T, D] and prefix count."""
-        if self.kind == "transformers":
-            out = self.model(pixel_values=pixels).last_hidden_state
-            return out, 1 + self.model.config.num_register_tokens
+        """Normalised pixels [B, 3, S, S] -> final-norm tokens [B, T, D] and prefix count
+        (CLS and registers come first)."""
         return self.model.forward_features(pixels), self.model.num_prefix_tokens
 
     @torch.inference_mode()

@@ -39,6 +39,7 @@ class Preset:
     view_size: int = 512
 
     def hf_config(self) -> Any:
+        """The transformers config of this shape (tests write transformers folders with it)."""
         from transformers import DINOv3ViTConfig
 
         return DINOv3ViTConfig(

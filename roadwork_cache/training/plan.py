@@ -7,16 +7,31 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import torch
 
 from roadwork_cache.heads import HeadConfig
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.training.dataset import CacheData
+from roadwork_cache.runtime.progress import console
+from roadwork_cache.training.dataset import (
+    CacheData,
+    labelled_rows,
+    load_cache_data,
+    random_backbone,
+)
 from roadwork_cache.training.distill import DistillConfig
 from roadwork_cache.training.dora import DoraSettings
-from roadwork_cache.training.members import MemberSpec
-from roadwork_cache.training.prepare import TrainHeadOptions
+from roadwork_cache.training.members import Context, ContextSpec, MemberSpec, load_members
+from roadwork_cache.training.prepare import (
+    TrainHeadOptions,
+    audit_leakage,
+    evaluation_variants,
+    head_config,
+    sampling_weights,
+    train_variants,
+)
+from roadwork_cache.training.splits import grouped_folds
 from roadwork_cache.training.stacking import METHODS
-from roadwork_cache.training.targets import TargetSet
+from roadwork_cache.training.targets import TargetSet, resolve_target
 
 
 @dataclass
@@ -83,3 +98,85 @@ def check_options(opts: EnsembleOptions, names: list[str]) -> None:
         raise UserError(
             f"--dora-member {opts.dora_member} is not a member (members: {', '.join(names)})"
         )
+
+
+def plan_ensemble(opts: EnsembleOptions) -> Prepared:
+    """Load the cache, split rows, make folds, check the target and every member's config:
+    all bad input is refused here, before the first epoch."""
+    specs = load_members(opts.members)
+    check_options(opts, [s.name for s in specs])
+    from roadwork_cache.store.cache import Cache
+
+    available = Cache.open(opts.cache).variants()
+    base_variants = train_variants(available, opts.variants)
+    member_variants = {s.name: s.variants or base_variants for s in specs}
+    data = load_cache_data(
+        opts.cache,
+        sorted(
+            {
+                "clean",
+                *base_variants,
+                *(v for vs in member_variants.values() for v in vs),
+                *(v for v in available if v.startswith("natix-")),
+            }
+        ),
+    )
+    eval_variants = evaluation_variants(data)
+    random_init = random_backbone(data)
+    if random_init:
+        console.print(
+            "[yellow]warning: this cache was made with random backbone weights; "
+            "scores demonstrate the machinery, not quality"
+        )
+
+    pool, test_idx = labelled_rows(data)
+    folds = grouped_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
+    target = resolve_target(opts, data, test_idx, eval_variants, base_variants)
+    console.print(
+        f"rows: {len(pool)} in {opts.folds} folds grouped by video, {len(test_idx)} "
+        f"test; members: {', '.join(s.name for s in specs)}"
+        + (f"; target: {target.name} ({len(target.rows)} labelled rows)" if target else "")
+    )
+
+    audits, leaky = audit_leakage(data, pool, opts.head_options())
+    configs: dict[str, HeadConfig] = {}
+    for i, spec in enumerate(specs):
+        console.quiet = i > 0  # the leaky-field note once, not once per member
+        try:
+            configs[spec.name] = head_config(data, opts.head_options(spec), leaky)
+        finally:
+            console.quiet = False
+    weights, gps_info = sampling_weights(data, pool, test_idx, opts.head_options())
+    return Prepared(
+        specs,
+        data,
+        data.fingerprint(),
+        random_init,
+        base_variants,
+        member_variants,
+        eval_variants,
+        pool,
+        test_idx,
+        folds,
+        target,
+        audits,
+        leaky,
+        configs,
+        weights,
+        gps_info,
+    )
+
+
+def context(p: Prepared, device: torch.device) -> Context:
+    separate = p.target is not None and p.target.separate
+    spec = ContextSpec(
+        cache=str(p.data.root),
+        variants=sorted(p.data.features),
+        eval_variants=p.eval_variants,
+        test_rows=p.test_idx,
+        target_cache=str(p.target.data.root) if separate else None,
+        target_variants=p.target.eval_variants if separate else [],
+        target_rows=p.target.rows if separate else np.zeros(0, np.int64),
+        device=str(device),
+    )
+    return Context(spec, p.data, p.target.data if separate else None, device)

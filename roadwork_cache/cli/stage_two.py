@@ -1,187 +1,22 @@
-"""The `roadwork` command line: thin, it parses flags and calls a stage."""
+"""Stage two's commands: `train-head`, `ensemble`, `tta`, `report`."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from roadwork_cache.runtime.errors import UserError
-
-app = typer.Typer(
-    help="Roadwork / no-roadwork classification on a frozen DINOv3 backbone, as a two-stage "
-    "feature cache: `extract` runs the backbone once and stores per-view features; the heads "
-    "then train from the cache alone.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # paragraphs reflow instead of keeping source line breaks
+from roadwork_cache.cli.app import (
+    AllowLeaky,
+    Device,
+    GpsBeyond,
+    GpsBrackets,
+    LeakBound,
+    Progress,
 )
-cache_app = typer.Typer(help="Inspect a feature cache.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
-
-# Options that several commands share, declared once.
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
-GpsBrackets = Annotated[
-    str, typer.Option(help="km:weight brackets of distance to the nearest target centre.")
-]
-GpsBeyond = Annotated[float, typer.Option(help="Weight beyond the last bracket.")]
-LeakBound = Annotated[
-    float, typer.Option(help="A metadata field whose |MCC| with the label exceeds this is leaky.")
-]
-AllowLeaky = Annotated[
-    bool,
-    typer.Option("--allow-leaky-metadata", help="Keep leaky fields (scores will be inflated)."),
-]
-
-
-@app.command()
-def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write the parquet shards into.")],
-    rows: Annotated[int, typer.Option(help="Number of images (rows) to generate.")] = 400,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 0,
-    shard_rows: Annotated[int, typer.Option(help="Rows per parquet shard.")] = 256,
-    test_fraction: Annotated[
-        float, typer.Option(help="Share of rows (whole videos) in the test split.")
-    ] = 0.25,
-) -> None:
-    """Write a synthetic dataset in the exact NATIX parquet format (demo and test data).
-
-    Road scenes are drawn procedurally: roadwork rows have cones, barriers, drums and signs
-    (many small and far away), negatives have none; frames come in videos; GPS, tags and
-    scene descriptions follow the real data's columns and NULL patterns.
-    """
-    from roadwork_cache.runtime.progress import console, progress_bar
-    from roadwork_cache.synth.dataset import write_synthetic
-
-    with progress_bar() as bar:
-        task = bar.add_task("synth", total=rows, rate="")
-        paths = write_synthetic(
-            out,
-            rows,
-            seed,
-            shard_rows=shard_rows,
-            test_fraction=test_fraction,
-            progress=lambda n: bar.update(task, advance=n),
-        )
-    console.print(f"wrote {rows} rows in {len(paths)} shard(s) to {out}")
-
-
-@app.command()
-def extract(
-    source: Annotated[
-        str,
-        typer.Argument(
-            help="NATIX parquet shards (a glob such as 'data/*.parquet', a folder or a file), or "
-            "an image folder with manifest.csv / manifest.jsonl."
-        ),
-    ],
-    cache: Annotated[Path, typer.Option(help="Cache folder to create or resume.")] = Path(
-        "cache/default"
-    ),
-    backbone: Annotated[
-        str,
-        typer.Option(
-            help="Preset: vith16plus, vitl16, vitb16, vits16, or tiny (random weights, for "
-            "tests and the demo)."
-        ),
-    ] = "tiny",
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Local weights: a transformers DINOv3 folder or a timm / Meta .pth / "
-            ".safetensors file. Nothing is downloaded."
-        ),
-    ] = None,
-    manifest: Annotated[
-        str | None,
-        typer.Option(
-            help="Manifest (.csv / .jsonl with filename, label, ...) for an image folder."
-        ),
-    ] = None,
-    view_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Side of each square view in pixels (multiple of 16; default 512, tiny 224)."
-        ),
-    ] = None,
-    pool: Annotated[
-        str,
-        typer.Option(
-            help="'cls' (CLS token after the final norm) or 'cls+mean' (adds the patch mean)."
-        ),
-    ] = "cls",
-    batch_size: Annotated[int, typer.Option(help="Images per forward (x12 views).")] = 8,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU)."
-        ),
-    ] = None,
-    device: Device = "auto",
-    shard_rows: Annotated[
-        int, typer.Option(help="Rows per Zarr shard: the unit of writing and of resume.")
-    ] = 1024,
-    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
-    splits: Annotated[
-        str | None,
-        typer.Option(
-            help="Only these splits, e.g. 'train' or 'train,test' (from shard names such as "
-            "train-00000-of-00010.parquet, or a manifest's 'split' column)."
-        ),
-    ] = None,
-    variants: Annotated[
-        str,
-        typer.Option(
-            help="Variants to store: clean, aug:K (training augmentation), natix:K (the "
-            "validator's 224 px challenges, level K % 4), tta:K (deterministic test-time views, "
-            "K <= 8). Variants already in the cache are skipped."
-        ),
-    ] = "clean",
-    text: Annotated[
-        bool, typer.Option(help="Embed scene_description with the bundled all-MiniLM-L6-v2.")
-    ] = True,
-    progress: Progress = True,
-) -> None:
-    """Run the frozen DINOv3 backbone once over the 12 views of every image into a Zarr cache.
-
-    Re-running on an existing cache resumes: shards already written are skipped, and new
-    variants are added without recomputing the old ones. Unreadable images become rows with
-    status 'error' and the run goes on. Multi-GPU: torchrun --nproc-per-node N -m
-    roadwork_cache.cli extract ... (same arguments).
-    """
-    from roadwork_cache.reports.tables import extract_table
-    from roadwork_cache.runtime.progress import console
-    from roadwork_cache.stages.extract import ExtractConfig, run_extract
-    from roadwork_cache.views.variants import parse_variants
-
-    if batch_size < 1 or shard_rows < 1:
-        raise UserError("--batch-size and --shard-rows must be at least 1")
-    cfg = ExtractConfig(
-        source=source,
-        cache=cache,
-        backbone=backbone,
-        weights=weights,
-        manifest=manifest,
-        view_size=view_size,
-        pool=pool,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        shard_rows=shard_rows,
-        limit=limit,
-        variants=parse_variants(variants),
-        text=text,
-        splits=[x for x in splits.split(",") if x.strip()] if splits else None,
-        progress=progress,
-    )
-    summary = run_extract(cfg)
-    if summary is not None:  # rank 0 (or the only process) reports
-        console.print(extract_table(summary))
+from roadwork_cache.runtime.errors import UserError
 
 
 def _parse_brackets(text: str) -> tuple[tuple[float, float], ...]:
@@ -211,7 +46,6 @@ def _read_config_file(path: Path) -> dict:
     return data
 
 
-@app.command("train-head")
 def train_head(
     cache: Annotated[Path, typer.Option(help="Cache folder made by `roadwork extract`.")],
     out: Annotated[Path, typer.Option(help="Run folder for config, weights, metrics.")],
@@ -339,7 +173,6 @@ def train_head(
     )
 
 
-@app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Run folder made by `roadwork train-head`.")],
     out: Annotated[
@@ -362,7 +195,6 @@ def report(
     typer.echo(f"report written to {path}")
 
 
-@app.command()
 def ensemble(
     cache: Annotated[Path, typer.Option(help="Cache folder made by `roadwork extract`.")],
     out: Annotated[
@@ -488,7 +320,6 @@ def ensemble(
     )
 
 
-@app.command()
 def tta(
     cache: Annotated[Path, typer.Option(help="Cache folder with clean and tta-K variants.")],
     model: Annotated[
@@ -570,204 +401,3 @@ def tta(
         f"predictions: {result['out']}; metrics: {result['metrics_path']}"
         + (f"; FOODS statistics: {result['stats_path']}" if result["stats_path"] else "")
     )
-
-
-@app.command()
-def predict(
-    images: Annotated[
-        list[str],
-        typer.Argument(
-            help="Image files, folders (searched recursively) or quoted globs; JPEG, PNG, WebP."
-        ),
-    ],
-    model: Annotated[Path, typer.Option(help="A `train-head` run folder or an `ensemble` folder.")],
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Backbone weights (transformers folder or .pth / .safetensors file); default: the "
-            "file the model's cache was made with, if it is on this machine. Not needed for tiny."
-        ),
-    ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(help="Backbone preset (default: the one recorded by the model's cache)."),
-    ] = None,
-    tta: Annotated[
-        bool,
-        typer.Option(
-            help="On-the-fly TTA: score the clean image and its tta-K variants and combine them by "
-            "FOODS when the model folder holds foods.safetensors (from `roadwork tta`), else by "
-            "their mean."
-        ),
-    ] = False,
-    tta_variants: Annotated[
-        str | None,
-        typer.Option(
-            help="Variants for --tta, e.g. 'clean,tta:4' (default: those FOODS was fitted on, "
-            "else clean,tta:8)."
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(help="Images per forward (x variants x 12 views).")
-    ] = 8,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU)."
-        ),
-    ] = None,
-    device: Device = "auto",
-    json_out: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="Print one JSON array: {path, probability, roadwork, error} per image."
-        ),
-    ] = False,
-    progress: Progress = True,
-) -> None:
-    """The probability a StreetVision miner would return for each image (0.5 is the cut).
-
-    Runs the whole path: decode, 12 views (and TTA variants), the frozen backbone the model's
-    cache was made with (any other is refused), the head or ensemble, the folded threshold.
-    An unreadable image gets an error line and the others still get answers; the exit
-    status is then 1.
-    """
-    from roadwork_cache.reports.tables import answers_table
-    from roadwork_cache.runtime.progress import console
-    from roadwork_cache.stages.predict import PredictOptions, run_predict
-    from roadwork_cache.views.variants import parse_variants
-
-    opts = PredictOptions(
-        inputs=images,
-        model=model,
-        weights=weights,
-        backbone=backbone,
-        tta=tta,
-        tta_variants=parse_variants(tta_variants) if tta_variants else None,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        progress=progress and not json_out,
-    )
-    answers, predictor = run_predict(opts)
-    for note in predictor.notes:
-        console.print(f"note: {note}")
-    if json_out:
-        typer.echo(json.dumps([a.to_dict() for a in answers], indent=1))
-    else:
-        from rich.console import Console
-
-        Console().print(answers_table(answers, predictor))
-    failed = sum(a.error is not None for a in answers)
-    if failed:
-        console.print(f"{failed} of {len(answers)} image(s) could not be read")
-        raise typer.Exit(1)
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path(
-        "demo-out"
-    ),
-    rows: Annotated[int, typer.Option(help="Synthetic images.")] = 240,
-    view_size: Annotated[int, typer.Option(help="View size (multiple of 16).")] = 64,
-    variants: Annotated[
-        str, typer.Option(help="Variants to extract.")
-    ] = "clean,aug:2,natix:2,tta:4",
-    epochs: Annotated[int, typer.Option(help="Epochs of each head.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the data and the heads.")] = 0,
-    text: Annotated[bool, typer.Option(help="Embed scene descriptions (bundled MiniLM).")] = True,
-) -> None:
-    """The whole chain on synthetic data, on a CPU, in minutes.
-
-    synth -> extract (tiny backbone) -> train-head -> ensemble -> tta -> predict -> report.
-
-    The tiny backbone has random weights: the scores demonstrate the machinery, not quality.
-    """
-    from roadwork_cache.stages.demo import DemoOptions, run_demo
-
-    run_demo(
-        DemoOptions(
-            out=out,
-            rows=rows,
-            view_size=view_size,
-            variants=variants,
-            epochs=epochs,
-            seed=seed,
-            text=text,
-        )
-    )
-
-
-@cache_app.command("info")
-def cache_info(
-    path: Annotated[Path, typer.Argument(help="The cache folder.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Rows, splits, labels, statuses, arrays (shapes, dtypes), backbone and recipes."""
-    from roadwork_cache.reports.tables import cache_info_table
-    from roadwork_cache.store.cache import Cache, to_json
-
-    info = Cache.open(path).info()
-    if json_out:
-        typer.echo(to_json(info))
-    else:
-        from rich.console import Console
-
-        Console(width=None if sys.stdout.isatty() else 120).print(cache_info_table(info))
-
-
-@cache_app.command("verify")
-def cache_verify(
-    path: Annotated[Path, typer.Argument(help="The cache folder.")],
-    repair: Annotated[
-        bool,
-        typer.Option(
-            "--repair",
-            help="Mark damaged shards as not done, so that re-running `roadwork "
-            "extract` with the same arguments recomputes them.",
-        ),
-    ] = False,
-) -> None:
-    """Check that every shard is complete, unchanged since written and finite; name what is
-    not. Exit 1 when anything is wrong."""
-    from roadwork_cache.runtime.progress import console, progress_bar
-    from roadwork_cache.store.cache import Cache
-    from roadwork_cache.store.verify import repair as repair_cache
-    from roadwork_cache.store.verify import verify, verify_arrays
-
-    cache = Cache.open(path, mode="a" if repair else "r")
-    with progress_bar() as bar:
-        task = bar.add_task(
-            "verify", total=len(verify_arrays(cache)) * len(cache.shards()), rate=""
-        )
-        problems = verify(cache, lambda n: bar.update(task, advance=n))
-    if problems:
-        for problem in problems:
-            console.print(f"[red]✗[/] {problem.message}")
-        if repair:
-            dropped = repair_cache(cache, problems)
-            console.print(f"marked {dropped} damaged shard(s) as not done")
-        console.print(
-            f"{len(problems)} problem(s) in {path}; re-run `roadwork extract` with "
-            "the same arguments to recompute what is missing"
-            + ("" if repair else " (after `roadwork cache verify --repair`)")
-        )
-        raise typer.Exit(1)
-    console.print(
-        f"[green]✓[/] {path}: {cache.n_rows} rows, {len(cache.shards())} shards x "
-        f"{len(cache.variants())} variant(s) + text, all complete and finite"
-    )
-
-
-def main() -> None:
-    """Entry point: a UserError is one sentence on stderr and exit status 2."""
-    try:
-        app()
-    except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

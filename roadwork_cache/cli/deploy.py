@@ -1,0 +1,139 @@
+"""Deployment's commands: `predict` and `demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from roadwork_cache.cli.app import (
+    Device,
+    Progress,
+)
+
+
+def predict(
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (searched recursively) or quoted globs; JPEG, PNG, WebP."
+        ),
+    ],
+    model: Annotated[Path, typer.Option(help="A `train-head` run folder or an `ensemble` folder.")],
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone weights (transformers folder or .pth / .safetensors file); default: the "
+            "file the model's cache was made with, if it is on this machine. Not needed for tiny."
+        ),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Backbone preset (default: the one recorded by the model's cache)."),
+    ] = None,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            help="On-the-fly TTA: score the clean image and its tta-K variants and combine them by "
+            "FOODS when the model folder holds foods.safetensors (from `roadwork tta`), else by "
+            "their mean."
+        ),
+    ] = False,
+    tta_variants: Annotated[
+        str | None,
+        typer.Option(
+            help="Variants for --tta, e.g. 'clean,tta:4' (default: those FOODS was fitted on, "
+            "else clean,tta:8)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward (x variants x 12 views).")
+    ] = 8,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU)."
+        ),
+    ] = None,
+    device: Device = "auto",
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON array: {path, probability, roadwork, error} per image."
+        ),
+    ] = False,
+    progress: Progress = True,
+) -> None:
+    """The probability a StreetVision miner would return for each image (0.5 is the cut).
+
+    Runs the whole path: decode, 12 views (and TTA variants), the frozen backbone the model's
+    cache was made with (any other is refused), the head or ensemble, the folded threshold.
+    An unreadable image gets an error line and the others still get answers; the exit
+    status is then 1.
+    """
+    from roadwork_cache.reports.tables import answers_table
+    from roadwork_cache.runtime.progress import console
+    from roadwork_cache.stages.predict import PredictOptions, run_predict
+    from roadwork_cache.views.variants import parse_variants
+
+    opts = PredictOptions(
+        inputs=images,
+        model=model,
+        weights=weights,
+        backbone=backbone,
+        tta=tta,
+        tta_variants=parse_variants(tta_variants) if tta_variants else None,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress and not json_out,
+    )
+    answers, predictor = run_predict(opts)
+    for note in predictor.notes:
+        console.print(f"note: {note}")
+    if json_out:
+        typer.echo(json.dumps([a.to_dict() for a in answers], indent=1))
+    else:
+        from rich.console import Console
+
+        Console().print(answers_table(answers, predictor))
+    failed = sum(a.error is not None for a in answers)
+    if failed:
+        console.print(f"{failed} of {len(answers)} image(s) could not be read")
+        raise typer.Exit(1)
+
+
+def demo(
+    out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path(
+        "demo-out"
+    ),
+    rows: Annotated[int, typer.Option(help="Synthetic images.")] = 240,
+    view_size: Annotated[int, typer.Option(help="View size (multiple of 16).")] = 64,
+    variants: Annotated[
+        str, typer.Option(help="Variants to extract.")
+    ] = "clean,aug:2,natix:2,tta:4",
+    epochs: Annotated[int, typer.Option(help="Epochs of each head.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the data and the heads.")] = 0,
+    text: Annotated[bool, typer.Option(help="Embed scene descriptions (bundled MiniLM).")] = True,
+) -> None:
+    """The whole chain on synthetic data, on a CPU, in minutes.
+
+    synth -> extract (tiny backbone) -> train-head -> ensemble -> tta -> predict -> report.
+
+    The tiny backbone has random weights: the scores demonstrate the machinery, not quality.
+    """
+    from roadwork_cache.stages.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            out=out,
+            rows=rows,
+            view_size=view_size,
+            variants=variants,
+            epochs=epochs,
+            seed=seed,
+            text=text,
+        )
+    )
