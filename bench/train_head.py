@@ -39,9 +39,9 @@ def backbone_seconds_per_image(
     preset: str, view_size: int, images: int, device: torch.device
 ) -> float:
     p = get_preset(preset)
-    model = random_model(p, "sdpa")
+    model = random_model(p, view_size)
     info = {"preset": preset, "view_size": view_size, "feature_dim": p.embed_dim}
-    backbone = FrozenBackbone(model, "transformers", p, "cls", info).to(device)
+    backbone = FrozenBackbone(model, "random", p, "cls", info).to(device)
     views = torch.randint(0, 256, (images * N_VIEWS, view_size, view_size, 3), dtype=torch.uint8)
     backbone(views[:N_VIEWS])  # warm-up
     if device.type == "cuda":
