@@ -246,7 +246,7 @@ def test_disabled_fields_are_always_null():
 
 
 def test_text_is_off_by_default():
-    # presence of scene_description is the label in NATIX data (DESIGN.md section 1)
+    # presence of scene_description is the label in NATIX data (docs/design.md §1)
     assert "text" not in HeadConfig(in_dim=8).meta_fields
 
 

@@ -162,3 +162,15 @@ def test_the_detector_loads_without_training_code(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert all(0.0 <= p <= 1.0 for p in result["answers"])
     assert result["banned"] == [], f"the detector imported {result['banned']}"
+
+
+def test_no_two_public_names_mean_two_things():
+    """A public top-level function or class has one definition in the package."""
+    where: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        for node in ast.parse(path.read_text()).body:
+            public = not node.name.startswith("_") if hasattr(node, "name") else False
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and public:
+                where.setdefault(node.name, []).append(name)
+    twice = {n: m for n, m in where.items() if len(m) > 1}
+    assert not twice, f"defined in several modules: {twice}"

@@ -9,8 +9,8 @@ from roadwork_cache.runtime.errors import UserError
 
 META_FIELDS: tuple[str, ...] = ("gps", "weather", "daytime", "scene", "text")
 
-# Default vocabularies follow the capitalised tag values of the NATIX shards (DESIGN.md
-# section 1). The trainer should replace them with the values seen in its cache; a value
+# Default vocabularies follow the capitalised tag values of the NATIX shards (docs/design.md
+# §1). The trainer should replace them with the values seen in its cache; a value
 # outside the vocabulary is encoded as NULL.
 WEATHER_VOCAB: tuple[str, ...] = ("Sunny", "Cloudy", "Overcast", "Rainy", "Snowy", "Foggy")
 DAYTIME_VOCAB: tuple[str, ...] = ("Light", "Dark", "Dawn", "Dusk")
@@ -39,7 +39,7 @@ class HeadConfig:
     daytime_vocab: tuple[str, ...] = DAYTIME_VOCAB
     scene_vocab: tuple[str, ...] = SCENE_VOCAB
     # Text is off by default: the validator only accepts a non-empty scene_description
-    # with label 1, so its presence alone is the label (DESIGN.md section 1).
+    # with label 1, so its presence alone is the label (docs/design.md §1).
     meta_fields: tuple[str, ...] = ("gps", "weather", "daytime", "scene")
     field_dropout: float = 0.3  # deployment sends no metadata, so NULL must be common in training
     # fusion and classifier

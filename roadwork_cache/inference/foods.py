@@ -1,4 +1,4 @@
-"""FOODS test-time augmentation, our definition (DESIGN.md section 6).
+"""FOODS test-time augmentation, our definition (docs/design.md §8).
 
 A TTA variant that lands far from anything the head saw in training (a corner crop that
 lost the cones, a zoom that turned a barrier into a blur) gives a probability worth less

@@ -29,7 +29,7 @@ SHORT_NAMES = {
 }
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]]:
+def read_image_manifest(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV or JSONL manifest as dicts; a malformed file is one clear UserError."""
     suffix = path.suffix.lower()
     try:
@@ -62,7 +62,7 @@ class ImageFolderReader:
     def __init__(self, manifest: Path, root: Path | None = None):
         self.manifest = manifest
         self.root = root or manifest.parent
-        self.rows = read_manifest(manifest)
+        self.rows = read_image_manifest(manifest)
         if not self.rows:
             raise UserError(f"manifest {manifest} lists no images")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Exact column names of the natix-network-org/roadwork parquet shards (DESIGN.md section 1).
+# Exact column names of the natix-network-org/roadwork parquet shards (docs/design.md §1).
 # Nested fields are flattened with dots in the published shards.
 NATIX_COLUMNS: tuple[str, ...] = (
     "image",  # struct<bytes: binary, path: string>

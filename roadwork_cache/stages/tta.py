@@ -146,7 +146,7 @@ def score_variants(
     return np.stack(probs, axis=1), np.stack(embeds, axis=1)
 
 
-def metric_rows(labels: np.ndarray, probs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def method_rows(labels: np.ndarray, probs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     known = labels >= 0
     if not known.any():
         return []
@@ -202,7 +202,7 @@ def run_tta(opts: TtaOptions) -> dict[str, Any]:
         "foods": weighted_probability(probs, weights),
     }
     labels = data.labels[rows]
-    metrics = metric_rows(labels, combined)
+    metrics = method_rows(labels, combined)
     by_variant = [
         {
             "variant": v,

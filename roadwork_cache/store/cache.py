@@ -1,6 +1,6 @@
 """The feature cache: a Zarr v3 group plus `samples.parquet`. The only module that knows Zarr.
 
-Layout of a cache folder (DESIGN.md section 4):
+Layout of a cache folder (docs/design.md §4):
   zarr.json                 group attributes: format version, backbone, views, recipes, ...
   features/<variant>/       float16 [N, V, D], chunks of a few rows, shards of `shard_rows`
   text/, text_mask/         float16 [N, 384], bool [N]

@@ -40,7 +40,7 @@ from roadwork_cache.synth.layout import ALTERATIONS, random_tags, sample_layout
 from roadwork_cache.synth.scene import draw
 from roadwork_cache.synth.things import pick, uniform
 
-# Share of roadwork rows per split, as in the real dataset (DESIGN.md section 1).
+# Share of roadwork rows per split, as in the real dataset (docs/design.md §1).
 ROADWORK_RATE = {"train": 0.8, "test": 0.9}
 
 

@@ -1,4 +1,4 @@
-"""DoRA adaptation of a trained head to a target set (DESIGN.md section 6).
+"""DoRA adaptation of a trained head to a target set (docs/design.md §8).
 
 peft has no ``DoraConfig``: DoRA is ``LoraConfig(use_dora=True)``. The adapters go on the
 attention projections and the attention output gate (nn.Linear layers named q_proj, k_proj,

@@ -1,4 +1,4 @@
-"""Metadata leakage audit (DESIGN.md sections 1 and 5).
+"""Metadata leakage audit (docs/design.md §1 and §6).
 
 In the NATIX data some fields are set only for one class (``scene_description`` and
 ``travel_alteration`` only for roadwork), so a head that sees them learns the label from

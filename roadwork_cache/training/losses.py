@@ -1,4 +1,4 @@
-"""Stage two losses (DESIGN.md section 5): focal loss with label smoothing, multi-view
+"""Stage two losses (docs/design.md §5): focal loss with label smoothing, multi-view
 consistency, and the auxiliary weather loss, combined by ``total_loss``."""
 
 from __future__ import annotations

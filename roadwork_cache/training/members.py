@@ -1,7 +1,7 @@
 """Ensemble members: their specs, and one member trained on one fold as a unit of work.
 
-A member is a name, a seed and overrides of the head and training settings (DESIGN.md
-section 6: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting). The unit of
+A member is a name, a seed and overrides of the head and training settings (docs/design.md
+§8: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting). The unit of
 work is (member, fold): train on the other folds with early stopping on this one, save the
 weights, return normalised logits on the held-out fold, the test rows, a separate target and
 every row. It runs in this process or in spawned worker processes that each load the cache
@@ -104,7 +104,7 @@ class MemberSpec:
 # The member seed is `seed`; a fold's training seed derives from it.
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed"}
 
-# DESIGN.md section 6: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting.
+# docs/design.md §8: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting.
 DEFAULT_MEMBERS: list[dict[str, Any]] = [
     {"name": "baseline", "seed": 1},
     {"name": "no-pruning", "seed": 2, "head": {"keep": None}},

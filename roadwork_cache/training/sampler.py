@@ -1,4 +1,4 @@
-"""GPS-weighted sampling toward a target region (DESIGN.md section 5).
+"""GPS-weighted sampling toward a target region (docs/design.md §6).
 
 The validator's images come from a few regions; training rows near them are drawn more
 often. Recipe: k-means (k = 5) centres of a target set's GPS, haversine distance of every

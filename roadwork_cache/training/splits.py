@@ -1,4 +1,4 @@
-"""Train / validation splits and k folds grouped by video (DESIGN.md sections 1 and 5).
+"""Train / validation splits and k folds grouped by video (docs/design.md §1 and §6).
 
 Frames of one video are near-duplicates: if they straddle the split, validation scores are
 inflated. Every split here keeps each group (``video_info.vid_id``) on one side, stratified

@@ -1,4 +1,4 @@
-"""The 12-view geometry of DESIGN.md section 3, as pure functions of (width, height).
+"""The 12-view geometry of docs/design.md §3, as pure functions of (width, height).
 
 Per image (W x H, s = min(W, H)), each view resized to a square of the view size:
   0      global: the whole image

@@ -1,4 +1,4 @@
-"""Named, versioned image recipes applied before the views are cut (DESIGN.md section 3).
+"""Named, versioned image recipes applied before the views are cut (docs/design.md §3).
 
 Three kinds, each `kind-K` for K = 0, 1, ...:
 - `aug-K`: training augmentation from albumentations: geometry (flip, rotation, zoom,
