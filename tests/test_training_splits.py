@@ -95,10 +95,11 @@ def test_bad_labels_raise():
         grouped_split([0, 1, 1], ["a", "b"])
 
 
-def test_split_names_case_insensitive_and_unknown_rejected():
+def test_split_names_case_insensitive_and_other_names_train():
     y = np.array([0, 1, 0, 1, 0, 1])
     g = np.array(["a", "b", "c", "d", "e", "f"], dtype=object)
     tr, va = grouped_split(y, g, split_column=["Train", "TRAIN", "Validation", "val", "train", ""])
     assert list(va) == [2, 3] and list(tr) == [0, 1, 4, 5]
-    with pytest.raises(UserError, match="unknown values"):
-        grouped_split(y, g, split_column=["train", "holdout", "val", "val", "train", "train"])
+    # Other split names are kept (readers keep them, stages report them) and train.
+    tr, va = grouped_split(y, g, split_column=["train", "holdout", "val", "val", "train", "extra"])
+    assert list(va) == [2, 3] and list(tr) == [0, 1, 4, 5]

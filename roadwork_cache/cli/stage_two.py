@@ -279,7 +279,7 @@ def ensemble(
     combination, with and without metadata, clean and natix."""
 
     from roadwork_cache.runtime.progress import console
-    from roadwork_cache.stages.ensemble import run_ensemble
+    from roadwork_cache.stages.ensemble import BundleMismatch, run_ensemble
     from roadwork_cache.training.dora import DoraSettings
     from roadwork_cache.training.loop import TrainConfig
     from roadwork_cache.training.plan import EnsembleOptions
@@ -312,7 +312,11 @@ def ensemble(
         device=device,
         progress=progress,
     )
-    result = run_ensemble(opts)
+    try:
+        result = run_ensemble(opts)
+    except BundleMismatch as exc:  # everything is written: show it, then say what is wrong
+        console.print(exc.result["table"])
+        raise
     console.print(result["table"])
     console.print(
         f"ensemble folder: {result['out']} (manifest.json, members/, "

@@ -41,7 +41,10 @@ class HeadConfig:
     # Text is off by default: the validator only accepts a non-empty scene_description
     # with label 1, so its presence alone is the label (docs/design.md §1).
     meta_fields: tuple[str, ...] = ("gps", "weather", "daytime", "scene")
-    field_dropout: float = 0.3  # deployment sends no metadata, so NULL must be common in training
+    field_dropout: float = 0.3  # per field and row, in training
+    # Deployment sends no metadata at all: the whole record of a row is dropped this often in
+    # training, on top of field dropout (which alone leaves a row all-NULL < 1 % of the time).
+    record_dropout: float = 0.5
     # fusion and classifier
     fusion_dim: int = 512
     classifier_dim: int = 256
@@ -98,7 +101,7 @@ class HeadConfig:
             problems.append(f"dim {self.dim} must be divisible by heads {self.heads}")
         if self.keep is not None and self.keep < 1:
             problems.append("keep must be at least 1 or null")
-        for name in ("dropout", "attn_dropout", "field_dropout"):
+        for name in ("dropout", "attn_dropout", "field_dropout", "record_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must lie in [0, 1]")
         if not self.pyramid_dims:

@@ -107,6 +107,7 @@ class MetadataEncoder(nn.Module):
         super().__init__()
         self.fields = frozenset(config.meta_fields)
         self.field_dropout = config.field_dropout
+        self.record_dropout = config.record_dropout
         # GPS: sin/cos of lat and lon (radians) at octave frequencies, then a Linear.
         self.register_buffer(
             "gps_freqs",
@@ -126,10 +127,13 @@ class MetadataEncoder(nn.Module):
         self.text_proj = nn.Linear(config.text_dim, config.text_dim)
         self.out_dim = config.meta_dim
 
-    def _present(self, name: str, present: Tensor) -> Tensor:
-        """[B] bool: the field is used for this row (enabled, present, not dropped)."""
+    def _present(self, name: str, present: Tensor, kept: Tensor | None) -> Tensor:
+        """[B] bool: the field is used for this row (enabled, present, its record kept, the
+        field not dropped)."""
         if name not in self.fields:
             return torch.zeros_like(present)
+        if kept is not None:
+            present = present & kept
         if self.training and self.field_dropout > 0:
             present = present & (
                 torch.rand(present.shape, device=present.device) >= self.field_dropout
@@ -143,24 +147,27 @@ class MetadataEncoder(nn.Module):
 
     def forward(self, meta: MetadataBatch) -> Tensor:
         B = len(meta)
+        kept = None  # [B] bool: the row's record survives whole-record dropout
+        if self.training and self.record_dropout > 0:
+            kept = torch.rand(B, device=meta.gps.device) >= self.record_dropout
         # Masked slots may hold anything (NaN included): zero them before any arithmetic,
         # or a NaN would reach the gradients through the unused branch of torch.where.
-        gps_on = self._present("gps", meta.gps_mask.bool() & meta.gps.isfinite().all(-1))
+        gps_on = self._present("gps", meta.gps_mask.bool() & meta.gps.isfinite().all(-1), kept)
         gps = torch.where(gps_on[:, None], meta.gps.float(), 0.0)
         gps = torch.where(gps_on[:, None], self.gps_proj(self.encode_gps(gps)), self.gps_null)
 
         weather = meta.weather.float().nan_to_num(0.0).clamp_min(0.0)
         count = weather.sum(-1, keepdim=True)  # [B, 1]
-        weather_on = self._present("weather", count.squeeze(-1) > 0)
+        weather_on = self._present("weather", count.squeeze(-1) > 0, kept)
         mean = weather @ self.weather_embed / count.clamp_min(1.0)  # [B, tag_dim]
         weather = torch.where(weather_on[:, None], mean, self.weather_null)
 
-        daytime_on = self._present("daytime", meta.daytime >= 0)
+        daytime_on = self._present("daytime", meta.daytime >= 0, kept)
         daytime = self.daytime_embed(torch.where(daytime_on, meta.daytime + 1, 0))
-        scene_on = self._present("scene", meta.scene >= 0)
+        scene_on = self._present("scene", meta.scene >= 0, kept)
         scene = self.scene_embed(torch.where(scene_on, meta.scene + 1, 0))
 
-        text_on = self._present("text", meta.text_mask.bool() & meta.text.isfinite().all(-1))
+        text_on = self._present("text", meta.text_mask.bool() & meta.text.isfinite().all(-1), kept)
         text = torch.where(text_on[:, None], meta.text.float(), 0.0)
         text = torch.where(text_on[:, None], self.text_proj(text), 0.0)  # zeros when absent
 

@@ -17,6 +17,7 @@ import torch
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
 from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm, fold_threshold
 from roadwork_cache.heads.forward import head_logits, head_outputs
+from roadwork_cache.inference import ensemble_folder, run_folder
 from roadwork_cache.inference.ensemble_folder import MANIFEST_FILE, is_ensemble, read_manifest
 from roadwork_cache.inference.head_folder import HeadRecord, load_head
 from roadwork_cache.runtime.errors import UserError
@@ -154,3 +155,10 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
         return load_ensemble(folder, device)
     model, record = load_head(folder, device)
     return HeadBundle(model, record, device)
+
+
+def row_sets(path: str | Path) -> dict[str, str]:
+    """Row id -> its set in the model's training (see the folder owners)."""
+    folder = Path(path)
+    owner = ensemble_folder if is_ensemble(folder) else run_folder
+    return run_folder.read_row_sets(folder / owner.PREDICTIONS_FILE)

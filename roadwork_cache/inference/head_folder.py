@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.io import WEIGHTS_FILE, save_weights
+from roadwork_cache.heads.probe import LinearProbe, ProbeConfig
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.files import read_json, write_json
 from roadwork_cache.runtime.version import __version__
@@ -26,6 +27,7 @@ CONFIG_FILE = "config.json"
 FORMAT = "roadwork-head"
 FORMAT_VERSION = 2  # version 1 had no format fields
 KINDS = ("train-head", "ensemble-member", "dora-fold", "distilled-student")
+ARCHITECTURES = ("head", "probe")
 
 
 def now() -> str:
@@ -37,7 +39,7 @@ class HeadRecord:
     """What a head folder's `config.json` says: the head, the features it reads, the cut."""
 
     kind: str  # one of KINDS
-    head: dict[str, Any]  # HeadConfig.to_dict()
+    head: dict[str, Any]  # HeadConfig.to_dict(), or ProbeConfig.to_dict() for a probe
     backbone: dict[str, Any]  # the cache's backbone record: which features the head reads
     views: dict[str, Any]  # the cache's view layout
     cache: str  # the cache folder it was trained on
@@ -57,6 +59,7 @@ class HeadRecord:
     adapted_on: str | None = None
     dora: dict[str, Any] | None = None
     distill: dict[str, Any] | None = None
+    architecture: str = "head"  # "head" (RoadworkHead) or "probe" (LinearProbe)
     tool_version: str = __version__
     created: str = field(default_factory=now)
     format: str = FORMAT
@@ -65,10 +68,22 @@ class HeadRecord:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"unknown head folder kind {self.kind!r} (known: {', '.join(KINDS)})")
+        if self.architecture not in ARCHITECTURES:
+            raise UserError(
+                f"unknown head architecture {self.architecture!r} (known: "
+                f"{', '.join(ARCHITECTURES)})"
+            )
 
     @property
-    def config(self) -> HeadConfig:
+    def config(self) -> HeadConfig | ProbeConfig:
+        if self.architecture == "probe":
+            return ProbeConfig.from_dict(self.head)
         return HeadConfig.from_dict(self.head)
+
+    def build(self) -> RoadworkHead | LinearProbe:
+        """The untrained module this record describes."""
+        config = self.config
+        return LinearProbe(config) if isinstance(config, ProbeConfig) else RoadworkHead(config)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -114,13 +129,15 @@ def read_record(folder: Path) -> HeadRecord:
     return HeadRecord.from_dict(read_json(path), str(path))
 
 
-def load_head(folder: Path, device: torch.device | str = "cpu") -> tuple[RoadworkHead, HeadRecord]:
+def load_head(
+    folder: Path, device: torch.device | str = "cpu"
+) -> tuple[RoadworkHead | LinearProbe, HeadRecord]:
     """A head and its record from a head folder; one sentence when anything does not fit."""
     record = read_record(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise UserError(f"model folder {folder} is missing {WEIGHTS_FILE}")
-    model = RoadworkHead(record.config)
+    model = record.build()
     try:
         model.load_state_dict(load_file(weights))
     except SafetensorError as exc:
@@ -129,3 +146,22 @@ def load_head(folder: Path, device: torch.device | str = "cpu") -> tuple[Roadwor
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"weights in {folder} do not match its {CONFIG_FILE}: {first}") from None
     return model.to(device).eval(), record
+
+
+def seen_record(
+    cache: str, splits: list[str], target: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Which labelled rows a model was fitted, stopped, calibrated or adapted on: the split
+    names of its own cache, and a separate target cache's rows."""
+    out: dict[str, Any] = {"cache": cache, "splits": sorted(set(splits))}
+    if target:
+        out["target"] = target
+    return out
+
+
+def seen_splits(seen: dict[str, Any] | None, cache: str | Path) -> set[str]:
+    """The splits of `cache` whose rows a model saw (empty for another cache)."""
+    if not seen:
+        return set()
+    same = Path(seen.get("cache", "")).resolve() == Path(cache).resolve()
+    return set(seen.get("splits", [])) if same else set()

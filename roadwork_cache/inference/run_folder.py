@@ -112,3 +112,13 @@ def read_run(root: Path, probability: str | None = None) -> RunFolder:
             f"{', '.join(sorted(columns - set(predictions)))}"
         )
     return RunFolder(root, record, metrics, audit if isinstance(audit, list) else [], predictions)
+
+
+def read_row_sets(path: Path) -> dict[str, str]:
+    """Row id -> the set it played in a model's training ("train" rows were fitted on; "val",
+    "test", "unlabelled" as named), from the `id` and `set` columns that run and ensemble
+    predictions files share; empty when the file is absent."""
+    if not path.is_file():
+        return {}
+    table = pq.read_table(path, columns=["id", "set"]).to_pydict()
+    return dict(zip(map(str, table["id"]), table["set"], strict=True))

@@ -115,3 +115,23 @@ def parse_id(value: Any) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
+
+
+# Split names as datasets spell them; anything else is kept, lower-cased, and reported.
+SPLIT_SYNONYMS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def normalise_split(value: Any) -> str | None:
+    """'Test', 'testing' -> 'test'; 'Validation' -> 'val'; other names lower-cased; NULL -> None.
+    Applied once, when a reader reads a row: everything downstream matches exact names."""
+    text = parse_text(value).lower()
+    return SPLIT_SYNONYMS.get(text, text) or None

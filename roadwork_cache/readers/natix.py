@@ -16,7 +16,7 @@ from roadwork_cache.readers import metadata as md
 from roadwork_cache.readers.schema import NATIX_COLUMNS, REQUIRED_COLUMNS, Sample
 from roadwork_cache.runtime.errors import UserError
 
-SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
+SPLIT_NAMES = md.SPLIT_SYNONYMS
 
 
 def split_from_path(path: Path) -> str | None:
@@ -46,7 +46,7 @@ def sample_from_record(record: dict[str, Any], source: str, split: str | None) -
         id=row_id,
         image_bytes=image_bytes,
         source=source,
-        split=md.parse_text(record.get("split")) or split,
+        split=md.normalise_split(record.get("split")) or split,
         label=md.parse_label(record.get("label")),
         vid_id=md.parse_id(record.get("video_info.vid_id")),
         gps_lat=gps[0] if gps else None,

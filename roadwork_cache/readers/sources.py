@@ -6,7 +6,8 @@ import glob
 from pathlib import Path
 
 from roadwork_cache.readers.folder import ImageFolderReader
-from roadwork_cache.readers.natix import SPLIT_NAMES, NatixParquetReader, split_from_path
+from roadwork_cache.readers.metadata import normalise_split
+from roadwork_cache.readers.natix import NatixParquetReader, split_from_path
 from roadwork_cache.runtime.errors import UserError
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
@@ -23,7 +24,7 @@ def open_source(spec: str, manifest: str | None = None, splits: list[str] | None
 def select_splits(reader: Reader, splits: list[str]) -> Reader:
     """Parquet shards are chosen by the split in their file name (train-00000-of-...), an
     image folder's rows by the manifest's `split` column."""
-    wanted = {SPLIT_NAMES.get(s.strip().lower(), s.strip().lower()) for s in splits}
+    wanted = {normalise_split(s) for s in splits} - {None}
     if isinstance(reader, NatixParquetReader):
         unknown = [f.name for f in reader.files if split_from_path(f) is None]
         if unknown:
@@ -35,7 +36,7 @@ def select_splits(reader: Reader, splits: list[str]) -> Reader:
         if not files:
             raise UserError(f"no parquet shards of split(s) {', '.join(sorted(wanted))}")
         return NatixParquetReader(files)
-    rows = [r for r in reader.rows if SPLIT_NAMES.get(str(r.get("split") or "").lower()) in wanted]
+    rows = [r for r in reader.rows if normalise_split(r.get("split")) in wanted]
     if not rows:
         raise UserError(
             f"manifest {reader.manifest} has no rows of split(s) "

@@ -254,7 +254,11 @@ def summary_section(run: RunFolder, data: SetData) -> str:
             f"{fmt(run.metrics.get('best_epoch'))} (val MCC "
             f"{fmt(run.metrics.get('best_val_mcc'), '+.3f')})",
         ),
-        ("tuned threshold", f"{run.threshold:.4f} (MCC-best on validation, no metadata)"),
+        (
+            "tuned threshold",
+            f"{run.threshold:.4f} (MCC-best on validation in the selection "
+            "setting: natix levels equal, no metadata, labels 50/50)",
+        ),
         (
             "set analysed",
             f"{data.name}: {len(data.labels)} labelled rows, {int(data.labels.sum())} roadwork",
@@ -265,6 +269,45 @@ def summary_section(run: RunFolder, data: SetData) -> str:
         f'<tr><th>{escape(k)}</th><td class="text">{escape(v)}</td></tr>' for k, v in items
     )
     return f"<table>{rows}</table>"
+
+
+def headline_section(run: RunFolder, data: SetData) -> str:
+    """What a validator would see: the deployed output on natix challenges (clean when the
+    cache has none), no metadata, labels 50/50, and the simulated reward; beside the probes."""
+    lead = run.metrics.get("headline") or {}
+    head = lead.get("head")
+    if not head:
+        return '<p class="note">metrics.json has no deployment headline (an older run).</p>'
+    reward = head.get("expected_reward") or {}
+    items = [
+        f"MCC {fmt(head.get('mcc'), '+.3f')}",
+        f"accuracy {fmt(head.get('accuracy'))}",
+        f"expected validator reward {fmt(reward.get('mean'))} (5th percentile "
+        f"{fmt(reward.get('p5'))})",
+    ]
+    others = [
+        f"{name}: MCC {fmt(r.get('mcc'), '+.3f')}, reward "
+        f"{fmt((r.get('expected_reward') or {}).get('mean'))}"
+        for name, r in lead.items()
+        if name != "head" and r
+    ]
+    held = (
+        "held-out rows"
+        if head.get("set") == "test"
+        else "validation rows, which chose the epoch and the threshold: not a held-out score"
+    )
+    note = ""
+    if data.name == "val":
+        note = (
+            '<p class="banner">The analysis below is on the validation rows, which chose '
+            "the epoch and the threshold: it is in-sample, not a held-out score.</p>"
+        )
+    return (
+        f'<div class="headline"><h2>As deployed</h2><p><b>{escape(", ".join(items))}</b> on the '
+        f"{escape(str(head.get('set')))} set's {escape(str(head.get('variant')))} challenges "
+        f"({escape(held)}), every metadata field NULL, labels weighed 50/50, cut at 0.5."
+        f"</p><p>Linear probes: {escape('; '.join(others) or 'none')}.</p></div>{note}"
+    )
 
 
 def render_page(
@@ -279,6 +322,7 @@ def render_page(
             f'<p class="note">Cache unavailable: {escape(why)}. This page is built '
             "from the run folder alone; per-field breakdowns are unavailable.</p>"
         )
+    parts.append(headline_section(run, data))
     parts.append(summary_section(run, data))
     parts.append(metrics_section(run))
     parts.append(

@@ -13,42 +13,51 @@ from rich.table import Table
 from roadwork_cache.inference.predictor import Answer, Predictor
 
 
-def train_head_table(rows: list[dict[str, Any]], random_init: bool) -> Table:
-    title = "train-head: metrics (metadata 'none' is what a validator sends)"
+def _f(value: Any, spec: str = "+.3f") -> str:
+    return (
+        "-"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (format(value, spec))
+    )
+
+
+def train_head_table(
+    rows: list[dict[str, Any]], lead: dict[str, dict | None], random_init: bool
+) -> Table:
+    """The deployment headline of the head beside the two linear probes: natix challenges
+    (clean when the cache has none), no metadata, labels 50/50, the deployed output cut at
+    0.5, and the simulated validator reward. The full table is in metrics.json."""
+    group = next((r["variant"] for r in (lead.get("head"),) if r), "natix")
+    title = (
+        f"train-head: as deployed ({group} challenges, no metadata, labels 50/50, cut "
+        "0.5); full table in metrics.json and `roadwork report`"
+    )
     if random_init:
         title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
     table = Table(title=title)
-    for col in (
-        "model",
-        "set",
-        "variant",
-        "metadata",
-        "thr",
-        "MCC",
-        "acc",
-        "prec",
-        "rec",
-        "F1",
-        "AUC",
-        "reward",
-        "n",
-    ):
-        table.add_column(col, justify="right" if col not in ("model", "set", "variant") else "left")
-    for r in rows:
+    table.add_column("model")
+    for col in ("val MCC", "MCC", "acc", "AUC", "reward", "reward p5", "clean MCC", "set", "n"):
+        table.add_column(col, justify="right")
+    index = {
+        (r["model"], r["set"], r["variant"], r["metadata"], r["threshold_kind"]): r for r in rows
+    }
+    for model, top in lead.items():
+        if top is None:
+            continue
+        val = index.get((model, "val", top["variant"], "none", "tuned"), {})
+        clean = index.get((model, top["set"], "clean", "none", "tuned"), {})
+        reward = top["expected_reward"]
         table.add_row(
-            r["model"],
-            r["set"],
-            r["variant"],
-            r["metadata"],
-            f"{r['threshold']:.3f}",
-            f"{r['mcc']:+.3f}",
-            f"{r['accuracy']:.3f}",
-            f"{r['precision']:.3f}",
-            f"{r['recall']:.3f}",
-            f"{r['f1']:.3f}",
-            "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}",
-            f"{r['reward']:.3f}",
-            str(r["n"]),
+            model,
+            _f(val.get("mcc")),
+            _f(top["mcc"]),
+            _f(top["accuracy"], ".3f"),
+            _f(top["auc"], ".3f"),
+            _f(reward["mean"], ".3f"),
+            _f(reward["p5"], ".3f"),
+            _f(clean.get("mcc")),
+            top["set"],
+            str(top["n"]),
         )
     return table
 
@@ -73,58 +82,77 @@ def extract_table(summary: ExtractSummary) -> Table:
     return table
 
 
-def ensemble_table(rows: list[dict[str, Any]], random_init: bool, target_name: str | None) -> Table:
+def ensemble_table(
+    rows: list[dict[str, Any]],
+    rewards: dict[str, dict[str, Any]],
+    random_init: bool,
+    target_name: str | None,
+) -> Table:
+    """Every member and combination, and the deployed bundle, as a validator would see them:
+    no metadata, labels 50/50, cut at 0.5; the OOF and target rows at cross-fitted cuts. The
+    rows with metadata are in metrics.json."""
     title = (
-        "ensemble: MCC / accuracy / reward (metadata 'none' is what a validator sends; "
-        "'natix' pools the natix-* levels)"
+        "ensemble: no metadata, labels 50/50, cut at 0.5 ('natix' pools the levels equally; "
+        "oof and target rows cross-fitted; 'deployed' is the saved bundle)"
     )
     if target_name:
-        title += f"\ntarget = {target_name}, every model's threshold cross-fitted on its folds"
+        title += f"\ntarget = {target_name}"
     if random_init:
         title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
     table = Table(title=title)
-    for col in ("model", "set", "metadata"):
+    for col in ("model", "set"):
         table.add_column(col)
-    for col in ("clean MCC", "acc", "reward", "natix MCC", "acc ", "reward ", "n"):
+    for col in ("natix MCC", "natix acc", "clean MCC", "reward", "reward p5", "n"):
         table.add_column(col, justify="right")
-    index = {(r["model"], r["set"], r["metadata"], r["variant"]): r for r in rows}
-    seen = []
-    for r in rows:
-        k = (r["model"], r["set"], r["metadata"])
-        if k not in seen:
-            seen.append(k)
+    index = {(r["model"], r["set"], r["variant"]): r for r in rows if r["metadata"] == "none"}
+    keys = list(dict.fromkeys((r["model"], r["set"]) for r in rows))
     order = {"oof": 0, "test": 1, "target": 2}
-    for model, set_name, meta in sorted(seen, key=lambda k: order.get(k[1], 9)):
-        cells = []
-        for variant in ("clean", "natix"):
-            r = index.get((model, set_name, meta, variant))
-            cells += (
-                [f"{r['mcc']:+.3f}", f"{r['accuracy']:.3f}", f"{r['reward']:.3f}"]
-                if r
-                else ["-", "-", "-"]
-            )
-        n = index.get((model, set_name, meta, "clean"), {}).get("n", "-")
-        table.add_row(model, set_name, meta, *cells, str(n))
+    for model, set_name in sorted(keys, key=lambda k: order.get(k[1], 9)):
+        natix = index.get((model, set_name, "natix"), {})
+        clean = index.get((model, set_name, "clean"), {})
+        reward = rewards.get(model, {}).get(set_name, {})
+        table.add_row(
+            model,
+            set_name,
+            _f(natix.get("mcc")),
+            _f(natix.get("accuracy"), ".3f"),
+            _f(clean.get("mcc")),
+            _f(reward.get("mean"), ".3f"),
+            _f(reward.get("p5"), ".3f"),
+            str(clean.get("n", natix.get("n", "-"))),
+        )
     return table
 
 
 METHOD_NAMES = {"none": "no TTA (clean)", "mean": "mean-TTA", "foods": "FOODS"}
 
 
-def tta_table(rows: list[dict[str, Any]], split: str, random_init: bool) -> Table:
-    title = f"tta: split {split}, metadata-free, cut at 0.5 (threshold folded)"
+def tta_table(
+    rows: list[dict[str, Any]],
+    rewards: dict[str, Any],
+    split: str,
+    random_init: bool,
+    in_sample: bool = False,
+    challenges: bool = False,
+) -> Table:
+    on = "natix challenges, levels equal" if challenges else "the full image (no challenges)"
+    title = f"tta: split {split}, on {on}, no metadata, labels 50/50, cut at 0.5 (folded)"
+    if in_sample:
+        title += "\n[bold red]in-sample: the model saw these rows' labels; not a held-out score"
     if random_init:
         title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
     table = Table(title=title)
-    for col in ("method", "MCC", "acc", "reward", "AUC", "n"):
+    for col in ("method", "MCC", "acc", "reward", "reward p5", "AUC", "n"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
+        reward = rewards.get(r["method"], {})
         table.add_row(
             METHOD_NAMES[r["method"]],
-            f"{r['mcc']:+.3f}",
-            f"{r['accuracy']:.3f}",
-            f"{r['reward']:.3f}",
-            "-" if math.isnan(r["auc"]) else f"{r['auc']:.3f}",
+            _f(r["mcc"]),
+            _f(r["accuracy"], ".3f"),
+            _f(reward.get("mean"), ".3f"),
+            _f(reward.get("p5"), ".3f"),
+            _f(r["auc"], ".3f"),
             str(r["n"]),
         )
     return table

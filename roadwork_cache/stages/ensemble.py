@@ -49,7 +49,7 @@ from roadwork_cache.inference.ensemble_folder import (
     write_manifest,
     write_member,
 )
-from roadwork_cache.inference.head_folder import HeadRecord, write_head
+from roadwork_cache.inference.head_folder import HeadRecord, seen_record, write_head
 from roadwork_cache.reports.tables import ensemble_table
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.errors import UserError
@@ -58,6 +58,7 @@ from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.training.combining import Combined, combine
 from roadwork_cache.training.dataset import (
     CacheData,
+    metadata_batch,
 )
 from roadwork_cache.training.dora_folds import DoraRun, run_dora
 from roadwork_cache.training.ensemble_scores import (
@@ -65,12 +66,15 @@ from roadwork_cache.training.ensemble_scores import (
     Scored,
     add_dora_entries,
     choose_deployment,
+    entry_reward,
     metric_rows,
     score_entries,
+    score_rows,
 )
 from roadwork_cache.training.loop import EpochLog, TrainConfig
 from roadwork_cache.training.members import (
     CLEAN,
+    METAS,
     Context,
     FoldJob,
     FoldOutput,
@@ -167,7 +171,7 @@ def plan_members(
         if done is not None:
             reused[spec.name] = done
             continue
-        for k, (tr, va) in enumerate(p.folds):
+        for k, ((_, va), (fit, stop)) in enumerate(zip(p.folds, p.inner, strict=True)):
             jobs.append(
                 FoldJob(
                     spec.name,
@@ -176,9 +180,10 @@ def plan_members(
                     p.configs[spec.name].to_dict(),
                     train,
                     p.member_variants[spec.name],
-                    p.pool[tr],
+                    p.pool[fit],
+                    p.pool[stop],
                     p.pool[va],
-                    None if weights is None else weights[tr],
+                    None if weights is None else weights[fit],
                     str(opts.out / fold_folder(spec.name, k + 1)),
                 )
             )
@@ -311,34 +316,44 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
 
             student = run_student(opts, p, soft, device, entries, save_student, bar, task)
 
-    # ---- the output folder ------------------------------------------------------------------
+    # ---- the output folder, then the deployed model scored through its own bundle ----------
     manifest = write_outputs_manifest(opts, p, results, c, deploy, dora, student)
-    # The bundle must reproduce what this stage computed (same weights, same arithmetic; on
-    # CUDA bf16 autocast with other batch shapes moves the last digits, hence the wider bound).
     bundle = load_ensemble(opts.out, device)
+    rows, rewards = metric_rows(p, entries)
+    deployed_rows, deployed_rewards = bundle_rows(bundle, p)
+    rows += deployed_rows
+    rewards["deployed"] = deployed_rewards
+    # The stage's own arithmetic and the bundle's must agree; if not, the bundle's numbers
+    # are the reported ones, and the run still writes everything before saying so.
     check = np.arange(min(len(p.data), 64))
     bundle_diff = float(
         np.max(np.abs(bundle.predict(p.data.features["clean"][check]) - deployed_prob[check]))
     )
-    if bundle_diff > (1e-4 if device.type == "cpu" else 5e-2):
-        raise RuntimeError(
-            f"the saved ensemble does not reproduce the stage's predictions "
-            f"(max difference {bundle_diff:.2e})"
-        )
     if student is not None:
-        student.update(speed(bundle, opts.out / "student", p.data, p.test_idx, device))
-
-    rows = metric_rows(p, entries)
-    table = ensemble_table(rows, p.random_init, p.target.name if p.target else None)
+        student.update(speed(bundle, opts.out / STUDENT_FOLDER, p.data, p.test_idx, device))
+    table = ensemble_table(rows, rewards, p.random_init, p.target.name if p.target else None)
     write_predictions(opts.out, p, results, c, deployed_prob, deploy)
     write_target_predictions(opts.out, p, c, entries)
+    headline = next(
+        (
+            r
+            for r in deployed_rows
+            if r["metadata"] == "none"
+            and r["variant"] == ("clean" if p.selection.fallback else "natix")
+        ),
+        None,
+    )
     metrics = {
         "deployed": deploy.kind,
         "reason": deploy.reason,
         "method": c.method,
+        "selection": {**p.selection.to_dict(), "fallback_warning": p.selection.fallback},
         "calibration": deploy.calibration.to_dict(),
         "calibration_rows": deploy.calibration_set,
         "oof_mcc": {**c.member_mcc, **c.oof_mcc},
+        "headline": headline,
+        "expected_reward": deployed_rewards.get("test"),
+        "expected_rewards": rewards,
         "members": {n: results[n].info for n in names},
         "dora": dora.info if dora else None,
         "student": student,
@@ -356,10 +371,51 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
 
     with open(opts.out / TABLE_FILE, "w") as handle:
         Console(file=handle, width=160).print(table)
+    # CUDA's bf16 autocast with other batch shapes moves the last digits: a wider bound there.
+    if bundle_diff > (1e-4 if device.type == "cpu" else 5e-2):
+        raise BundleMismatch(
+            f"the saved ensemble in {opts.out} does not reproduce the stage's own predictions "
+            f"(max difference {bundle_diff:.2e}); every score reported comes from the saved "
+            "bundle, and all outputs are written",
+            {"table": table, "metrics": metrics, "manifest": manifest, "out": opts.out},
+        )
     return {"table": table, "metrics": metrics, "manifest": manifest, "out": opts.out}
 
 
 # ---- outputs ----------------------------------------------------------------------------------
+
+
+class BundleMismatch(UserError):
+    """The saved ensemble disagrees with the stage: outputs are written, the run exits 2."""
+
+    def __init__(self, message: str, result: dict[str, Any]):
+        super().__init__(message)
+        self.result = result
+
+
+def bundle_rows(bundle, p: Prepared) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The deployed model's rows on the test split, computed by the saved bundle itself
+    (the probability it returns, cut at 0.5), and its expected reward."""
+    idx = p.test_idx
+    if len(idx) == 0:
+        return [], {}
+    meta = metadata_batch(p.configs[p.names[0]], p.data).select(torch.from_numpy(idx))
+    probs = {
+        f"{v}:{m}": bundle.predict(p.data.features[v][idx], meta if m == "all" else None)
+        for v in p.eval_variants
+        for m in METAS
+    }
+    # Probabilities at a 0.5 cut are logits at a 0 cut: scored like every other entry.
+    scored = Scored(
+        {
+            k: np.log(np.clip(v, 1e-12, 1)) - np.log(np.clip(1 - v, 1e-12, 1))
+            for k, v in probs.items()
+        },
+        0.0,
+    )
+    y = p.data.labels[idx]
+    rows = score_rows("deployed", "test", scored, y, p.eval_variants)
+    return rows, {"test": entry_reward(scored, y, p.eval_variants)}
 
 
 def write_outputs_manifest(
@@ -409,10 +465,25 @@ def write_outputs_manifest(
         leaky_fields=p.leaky,
         gps=p.gps_info,
         variants=p.member_variants,
+        selection=p.selection.to_dict(),
+        seen=deployed_seen(p, deploy),
     )
     write_manifest(opts.out, manifest, meta_learner)
     write_json(opts.out / AUDIT_FILE, [a.to_dict() for a in p.audits])
     return manifest.to_dict()
+
+
+def deployed_seen(p: Prepared, deploy: Deployment) -> dict[str, Any]:
+    """The labelled rows the deployed models were fitted on: the members' pool, and the
+    target's rows when the DoRA-adapted bag (adapted on every target row) is deployed."""
+    splits = [str(n) for n in set(p.data.split_names()[p.pool])]
+    target = None
+    if deploy.kind == "ensemble+dora":
+        if p.target.separate:
+            target = {"cache": str(p.target.data.root.resolve()), "rows": len(p.target.rows)}
+        else:
+            splits.append("test")
+    return seen_record(p.fingerprint["path"], splits, target)
 
 
 def write_predictions(
@@ -425,7 +496,8 @@ def write_predictions(
 ) -> None:
     """One row per cache row: member and combination logits (OOF on training rows), the
     deployed folded probability (what the bundle returns) and, on the calibration rows, the
-    folded OOF probability the threshold was tuned on."""
+    folded OOF probability of each selection variant the threshold was tuned on
+    (`calibration_<variant>`)."""
     data, pool, test_idx = p.data, p.pool, p.test_idx
     n = len(data)
     set_of = np.full(n, "unlabelled", dtype=object)
@@ -445,17 +517,19 @@ def write_predictions(
         z[test_idx] = c.combos[m].apply(c.z_test[CLEAN])
         cols[m] = z
     cols["deployed"] = deployed_prob
-    cal = np.full(n, np.nan)
-    if deploy.calibration_set == "oof":
-        cal[pool] = deploy.calibration.folded(deploy.calibration_logits)
-    cols["calibration"] = cal
+    for v in p.selection.variants:
+        cal = np.full(n, np.nan)
+        if deploy.calibration_set == "oof":
+            cal[pool] = deploy.calibration.folded(deploy.calibration_logits[f"{v}:none"])
+        cols[f"calibration_{v}"] = cal
     pq.write_table(pa.table(cols), out / PREDICTIONS_FILE)
 
 
 def write_target_predictions(
     out: Path, p: Prepared, c: Combined, entries: dict[str, dict[str, Scored]]
 ) -> None:
-    """A separate target's labelled rows: each model's clean, metadata-free logit."""
+    """A separate target's labelled rows: each model's metadata-free logit, clean (`name`)
+    and per variant of the target's selection setting (`name_variant`)."""
     if p.target is None or not p.target.separate:
         return
     cols: dict[str, Any] = {
@@ -464,7 +538,10 @@ def write_target_predictions(
     }
     for name, by_set in entries.items():
         if "target" in by_set:
-            cols[name] = by_set["target"].logits[CLEAN]
+            logits = by_set["target"].logits
+            cols[name] = logits[CLEAN]
+            for v in p.target.selection.variants:
+                cols[f"{name}_{v}"] = logits[f"{v}:none"]
     pq.write_table(pa.table(cols), out / TARGET_PREDICTIONS_FILE)
 
 

@@ -1,10 +1,13 @@
-"""`roadwork train-head`: train the stage-two head from the cache alone, honestly evaluated.
+"""`roadwork train-head`: train the stage-two head from the cache alone, judged as deployed.
 
 Read top to bottom: load the cache's ok rows, audit the metadata for label leakage and drop
 leaky fields, split train / validation by video, weight the sampler toward the target GPS
-distribution, train, then score the head and a logistic-regression baseline on validation
-and test, on clean and validator-like (`natix-*`) variants, with and without metadata, at
-0.5 and at the validation-tuned threshold. Everything lands in the run folder.
+distribution, and train, early-stopping in the selection setting (natix challenges, no
+metadata, labels 50/50). Tune the threshold in that setting and fold it in, write the run
+folder, then score the SAVED run through its own bundle beside two linear probes (the global
+view, and all 12 views concatenated), on validation and test, clean and natix, with and
+without metadata, and simulate the validator's expected reward. One headline leads; the
+full table goes to metrics.json and the report.
 """
 
 from __future__ import annotations
@@ -14,95 +17,76 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from roadwork_cache.heads import RoadworkHead
+from roadwork_cache.heads.combine import fold_threshold
 from roadwork_cache.heads.forward import head_outputs
-from roadwork_cache.inference.head_folder import HeadRecord
+from roadwork_cache.inference.bundles import load_bundle
+from roadwork_cache.inference.head_folder import HeadRecord, seen_record, write_head
 from roadwork_cache.inference.run_folder import CURVE_FILE, prob_column, write_run
 from roadwork_cache.reports.figures import save_curve
 from roadwork_cache.reports.tables import train_head_table
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.progress import console, progress_bar
-from roadwork_cache.training.baselines import fit_baseline
+from roadwork_cache.store.cache import Cache
+from roadwork_cache.training.baselines import PROBES, fit_probe
 from roadwork_cache.training.dataset import (
-    CacheData,
     labelled_rows,
     load_cache_data,
     metadata_batch,
     random_backbone,
 )
+from roadwork_cache.training.evaluation import ScoredModel, evaluate, headline
 from roadwork_cache.training.loop import EpochLog, Trainer
-from roadwork_cache.training.metrics import best_threshold, binary_metrics
 from roadwork_cache.training.prepare import (
     TrainHeadOptions,
     audit_leakage,
-    evaluation_variants,
     head_config,
     sampling_weights,
+    selection_for,
     train_variants,
 )
+from roadwork_cache.training.selection import SelectionData
 from roadwork_cache.training.splits import grouped_split
 
 
-def evaluate(
-    model: RoadworkHead,
-    data: CacheData,
-    meta,
-    device: torch.device,
-    sets: dict[str, np.ndarray],
-    baseline: tuple[StandardScaler, LogisticRegression],
-) -> tuple[list[dict[str, Any]], float, dict[str, np.ndarray]]:
-    """Metric rows for every (set, variant, metadata, threshold); the tuned threshold is the
-    MCC-best one on the clean validation rows without metadata: the deployment setting."""
-    scaler, lr = baseline
-    probs: dict[tuple, np.ndarray] = {}
-    for variant in evaluation_variants(data):
-        feats = data.features[variant]
-        probs[("head", variant, "none")] = head_outputs(model, feats, None, device)[0]
-        probs[("head", variant, "all")] = head_outputs(model, feats, meta, device)[0]
-        global_view = scaler.transform(feats[:, 0].astype(np.float32))
-        probs[("baseline", variant, "none")] = lr.predict_proba(global_view)[:, 1]
-    val = sets["val"]
-    y = data.labels
-    tuned = {
-        m: best_threshold(y[val], probs[(m, "clean", "none")][val]) for m in ("head", "baseline")
-    }
-    rows = []
-    for (model_name, meta_name), group, members in evaluation_groups(probs):
-        for set_name, idx in sets.items():
-            if len(idx) == 0:
-                continue
-            # natix-K are K challenges of the same rows: scored together, as a validator
-            # would see them over time.
-            y_all = np.concatenate([y[idx]] * len(members))
-            p_all = np.concatenate([probs[(model_name, v, meta_name)][idx] for v in members])
-            for t_name, t in (("0.5", 0.5), ("tuned", tuned[model_name])):
-                m = binary_metrics(y_all, p_all, t)
-                rows.append(
-                    {
-                        "model": model_name,
-                        "set": set_name,
-                        "variant": group,
-                        "metadata": meta_name,
-                        "threshold_kind": t_name,
-                        **m,
-                    }
-                )
-    return rows, tuned["head"], probs
+def probe_models(data, train_idx, val_idx, selection, seed: int) -> list[ScoredModel]:
+    """The linear probes, fitted on the clean training rows, their threshold tuned in the
+    selection setting on the validation rows (as the head's is) and folded in."""
+    models = []
+    for name, views in PROBES.items():
+        probe = fit_probe(data.features["clean"][train_idx], data.labels[train_idx], views, seed)
+
+        def raw(features, meta, probe=probe):
+            return head_outputs(probe, features, None, torch.device("cpu"))[0]
+
+        t = selection.threshold(
+            data.labels[val_idx], [raw(data.features[v][val_idx], None) for v in selection.variants]
+        )
+        models.append(
+            ScoredModel(
+                name,
+                raw,
+                lambda f, m, raw=raw, t=t: fold_threshold(raw(f, m), t),
+                t,
+                metadata=False,
+            )
+        )
+    return models
 
 
 def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     device = resolve_device(opts.device)
     torch.manual_seed(opts.train.seed)
-    from roadwork_cache.store.cache import Cache
 
     available = Cache.open(opts.cache).variants()
     variants = train_variants(available, opts.variants)
     if "clean" not in variants:
         variants = ["clean", *variants]
-    data = load_cache_data(opts.cache, variants)
+    # natix-* are always loaded: whatever the head trains on, it is judged on the challenges.
+    data = load_cache_data(
+        opts.cache, sorted({*variants, *(v for v in available if v.startswith("natix-"))})
+    )
     random_init = random_backbone(data)
     if random_init:
         console.print(
@@ -120,7 +104,13 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         f"rows: {len(train_idx)} train, {len(val_idx)} validation (grouped by video),"
         f" {len(test_idx)} test; variants for training: {', '.join(variants)}"
     )
+    if other := data.other_splits():
+        console.print(
+            "rows of other split names train too: "
+            + ", ".join(f"{name} ({n})" for name, n in other.items())
+        )
 
+    selection = selection_for(data)
     audits, leaky = audit_leakage(data, train_idx, opts)
     config = head_config(data, opts, leaky)
     weights, gps_info = sampling_weights(data, train_idx, test_idx, opts)
@@ -135,7 +125,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         data.labels,
         meta,
         device,
-        eval_features=data.features["clean"],
+        selection=SelectionData.of(selection, data.features),
     )
     with progress_bar(disable=not opts.progress) as bar:
         task = bar.add_task("train-head", total=opts.train.epochs, rate="")
@@ -145,16 +135,19 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
 
         result = trainer.fit(train_idx, val_idx, weights, on_epoch)
     console.print(
-        f"best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, "
-        f"no metadata){'; stopped early' if result.stopped_early else ''}"
+        f"best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, {selection.name}, "
+        f"no metadata, 50/50){'; stopped early' if result.stopped_early else ''}"
+    )
+    # The cut tuned in the selection setting, folded into everything the run deploys.
+    threshold = selection.threshold(
+        data.labels[val_idx],
+        [
+            head_outputs(model, data.features[v][val_idx], None, device)[0]
+            for v in selection.variants
+        ],
     )
 
-    baseline = fit_baseline(data, train_idx, opts.train.seed)
-    sets = {"val": val_idx, "test": test_idx}
-    rows, threshold, probs = evaluate(model, data, meta, device, sets, baseline)
-    table = train_head_table(rows, random_init)
-
-    # ---- the run folder ---------------------------------------------------------------------
+    # ---- the run folder, then every score through the saved bundle --------------------------
     record = HeadRecord(
         kind="train-head",
         head=config.to_dict(),
@@ -166,15 +159,30 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         variants=variants,
         leaky_fields=leaky,
         allow_leaky_metadata=opts.allow_leaky,
+        selection=selection.to_dict(),
+        seen=seen_record(
+            str(Path(opts.cache).resolve()), [str(n) for n in set(data.split_names()[pool])]
+        ),
         gps=gps_info,
         train=opts.train.to_dict(),
     )
+    write_head(opts.out, model, record)
+    bundle = load_bundle(opts.out, device)
+    head = ScoredModel("head", bundle.raw_predict, bundle.predict, bundle.threshold)
+    models = [head, *probe_models(data, train_idx, val_idx, selection, opts.train.seed)]
+    sets = {"val": val_idx, "test": test_idx}
+    evaluation = evaluate(models, data, meta, sets)
+    lead = {m.name: headline(evaluation, m.name, ["test", "val"]) for m in models}
     metrics = {
         "best_epoch": result.best_epoch,
         "best_val_mcc": result.best_val_mcc,
         "threshold": threshold,
+        "selection": {**selection.to_dict(), "fallback_warning": selection.fallback},
+        "headline": lead,
+        "expected_reward": (lead["head"] or {}).get("expected_reward"),
+        "expected_rewards": evaluation.rewards,
         "random_init_backbone": random_init,
-        "rows": rows,
+        "rows": evaluation.rows,
         "history": [h.__dict__ for h in result.history],
     }
     set_of = np.full(len(data), "train", dtype=object)
@@ -184,23 +192,9 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         "id": data.ids,
         "set": set_of.tolist(),
         "label": [None if v < 0 else int(v) for v in data.labels],
-        **{prob_column(*key): value for key, value in probs.items()},
+        **{prob_column(*key): value for key, value in evaluation.raw.items()},
     }
-    write_run(opts.out, model, record, metrics, [a.to_dict() for a in audits], columns)
+    write_run(opts.out, None, record, metrics, [a.to_dict() for a in audits], columns)
     save_curve(result.history, opts.out / CURVE_FILE)
+    table = train_head_table(evaluation.rows, lead, random_init)
     return {"table": table, "metrics": metrics, "out": opts.out}
-
-
-def evaluation_groups(probs: dict[tuple, np.ndarray]) -> list[tuple[tuple, str, list[str]]]:
-    """((model, metadata), 'clean' | 'natix', [variants]) for every scored combination."""
-    out = []
-    keys = sorted(
-        {(m, meta) for m, _, meta in probs}, key=lambda k: (k[0] != "head", k[1] != "none")
-    )
-    for model_name, meta_name in keys:
-        variants = [v for m, v, meta in probs if m == model_name and meta == meta_name]
-        out.append(((model_name, meta_name), "clean", ["clean"]))
-        natix = sorted(v for v in variants if v.startswith("natix-"))
-        if natix:
-            out.append(((model_name, meta_name), "natix", natix))
-    return out

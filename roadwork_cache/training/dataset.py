@@ -69,6 +69,15 @@ class CacheData:
     def split_names(self) -> np.ndarray:
         return np.array([s or "" for s in self.columns["split"]], dtype=object)
 
+    def other_splits(self) -> dict[str, int]:
+        """Rows per split name other than train / val / test (they train, like train)."""
+        names, counts = np.unique(self.split_names(), return_counts=True)
+        return {
+            str(n): int(c)
+            for n, c in zip(names, counts, strict=True)
+            if n not in ("", "train", "val", "test")
+        }
+
     def gps(self) -> tuple[np.ndarray, np.ndarray]:
         lat = np.array([np.nan if v is None else v for v in self.columns["gps_lat"]], float)
         lon = np.array([np.nan if v is None else v for v in self.columns["gps_lon"]], float)

@@ -17,6 +17,7 @@ import torch
 
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer, TrainResult
+from roadwork_cache.training.selection import SelectionData
 
 
 @dataclass
@@ -36,13 +37,11 @@ def distill(
     device: torch.device,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    eval_features: np.ndarray | None = None,
+    selection: SelectionData | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
     """Fit `model` in place with the shared training loop, its objective swapped for binary
     cross-entropy against the blended soft target; rows index `variants`, `soft`, `labels`."""
     target = cfg.alpha * soft + (1.0 - cfg.alpha) * labels.clip(0, 1)
-    trainer = Trainer(
-        model, cfg, variants, labels, meta, device, eval_features, soft_targets=target
-    )
+    trainer = Trainer(model, cfg, variants, labels, meta, device, selection, soft_targets=target)
     return trainer.fit(np.asarray(train_idx), np.asarray(val_idx), on_epoch=on_epoch)

@@ -20,6 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
 from roadwork_cache.heads.forward import head_logits
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer, TrainResult
+from roadwork_cache.training.selection import SelectionData
 
 DORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "gate_proj")
 
@@ -89,11 +90,12 @@ def adapt(
     train_idx: np.ndarray,
     stop_idx: np.ndarray,
     seed: int,
-    eval_features: np.ndarray | None = None,
+    selection: SelectionData | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> DoraResult:
-    """Train DoRA adapters on `train_idx` with early stopping on `stop_idx` (the metadata-free
-    MCC, as in every head's training), then merge. Rows index `variants` / `labels` / `meta`."""
+    """Train DoRA adapters on `train_idx` with early stopping on `stop_idx` (scored in the
+    selection setting, as every head's training is), then merge. Rows index `variants` /
+    `labels` / `meta`."""
     torch.manual_seed(seed)
     adapted = with_dora(base, settings)
     trainer = Trainer(
@@ -103,11 +105,11 @@ def adapt(
         labels,
         meta,
         device,
-        eval_features=eval_features,
+        selection=selection,
     )
     result = trainer.fit(train_idx, stop_idx, None, on_epoch)
     # Check the merge on the stopping rows: the adapter and the merged head must agree.
-    check = (variants[0] if eval_features is None else eval_features)[stop_idx[:128]]
+    check = (selection.features[0] if selection else variants[0])[stop_idx[:128]]
     before = head_logits(adapted, check, None, device)
     merged = merge(adapted).eval()
     after = head_logits(merged, check, None, device)

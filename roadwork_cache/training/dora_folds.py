@@ -19,6 +19,7 @@ from roadwork_cache.training.dora import adapt
 from roadwork_cache.training.members import MemberResult, eval_keys, logits_by_key
 from roadwork_cache.training.metrics import best_threshold
 from roadwork_cache.training.plan import EnsembleOptions, Prepared
+from roadwork_cache.training.selection import Selection, SelectionData
 from roadwork_cache.training.splits import grouped_split
 
 
@@ -80,7 +81,7 @@ def run_dora(
             target.rows[rest[tr]],
             target.rows[rest[stop]],
             opts.seed * 1000 + j,
-            eval_features=t.features["clean"],
+            selection=SelectionData.of(Selection.for_variants(list(t.features)), t.features),
             on_epoch=on_epoch,
         )
         stop_z = head_logits(res.model, t.features["clean"][target.rows[rest[stop]]], None, device)

@@ -1,8 +1,11 @@
 """Scoring an ensemble's models and choosing what to deploy.
 
-Every member and combination is scored on the out-of-fold rows (at the cut tuned there), on
-the test rows (same cut) and on the target (cross-fitted cuts), per variant and metadata
-setting; the DoRA-adapted ensemble is deployed only where it beats the plain one."""
+Every member and combination is scored on the out-of-fold rows (cross-fitted cuts), on the
+test rows (the cut fitted on every OOF row) and on the target (cross-fitted cuts), per
+variant and metadata setting, labels balanced 50/50 and natix levels weighing the same; each
+also gets the validator's expected reward. The DoRA-adapted ensemble is deployed only where
+it beats the plain one on the target, in the selection setting.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from roadwork_cache.heads.combine import Calibration, sigmoid
-from roadwork_cache.training.combining import Combined
+from roadwork_cache.training.combining import Combined, cross_fitted_row_cuts, pool
 from roadwork_cache.training.dora_folds import DoraRun
-from roadwork_cache.training.members import CLEAN, METAS, MemberResult
-from roadwork_cache.training.metrics import binary_metrics
+from roadwork_cache.training.members import METAS, MemberResult
 from roadwork_cache.training.plan import Prepared
-from roadwork_cache.training.stacking import METHODS, calibrate, cross_fitted_cuts
+from roadwork_cache.training.reward import expected_reward
+from roadwork_cache.training.selection import Selection
+from roadwork_cache.training.stacking import METHODS, calibrate
 from roadwork_cache.training.targets import TargetSet
 
 
@@ -28,53 +32,73 @@ class Scored:
     logits: dict[str, np.ndarray]
     cut: float | np.ndarray
 
+    def deployed(self, key: str) -> np.ndarray:
+        """The 0.5-cut probability of one key: sigmoid(z - cut) decides as z > cut does."""
+        cut = np.broadcast_to(np.asarray(self.cut, dtype=np.float64), self.logits[key].shape)
+        return sigmoid(self.logits[key] - cut)
+
 
 def score_rows(
     model: str, set_name: str, scored: Scored, y: np.ndarray, variants: list[str]
 ) -> list[dict[str, Any]]:
     """Metric rows per variant and metadata setting, plus 'natix' (every natix-* level
-    pooled, as a validator mixes them)."""
+    pooled, each weighing the same, as the validator draws them); labels balanced."""
+    groups = [(v, Selection((v,), (1.0,))) for v in variants]
+    natix = Selection.for_variants(variants)
+    if not natix.fallback:
+        groups.append(("natix", natix))
     rows = []
-    cut = np.broadcast_to(np.asarray(scored.cut, dtype=np.float64), y.shape)
-    natix = [v for v in variants if v.startswith("natix-")]
     for meta in METAS:
-        groups = [(v, [v]) for v in variants] + ([("natix", natix)] if natix else [])
-        for name, members in groups:
-            keys = [f"{v}:{meta}" for v in members if f"{v}:{meta}" in scored.logits]
-            if not keys:
+        for name, setting in groups:
+            keys = [f"{v}:{meta}" for v in setting.variants]
+            if not all(k in scored.logits for k in keys):
                 continue
-            z = np.concatenate([scored.logits[k] for k in keys])
-            # z > cut is the decision; sigmoid(z - cut) keeps AUC and the 0.5 cut meaningful.
-            prob = sigmoid(z - np.tile(cut, len(keys)))
-            m = binary_metrics(np.tile(y, len(keys)), prob, 0.5)
-            rows.append({"model": model, "set": set_name, "variant": name, "metadata": meta, **m})
+            m = setting.metrics(y, [scored.deployed(k) for k in keys], 0.5)
+            rows.append(
+                {
+                    "model": model,
+                    "set": set_name,
+                    "variant": name,
+                    "metadata": meta,
+                    "weighting": "balanced",
+                    **m,
+                }
+            )
     return rows
+
+
+def entry_reward(scored: Scored, y: np.ndarray, variants: list[str]) -> dict[str, Any]:
+    keys = {v: f"{v}:none" for v in variants if f"{v}:none" in scored.logits}
+    return expected_reward(y, {v: scored.deployed(k) for v, k in keys.items()})
 
 
 def target_scored(logits: dict[str, np.ndarray], target: TargetSet) -> Scored:
     """Scored on the target with cross-fitted cuts: every model may re-tune its threshold to
     the target, honestly, so adaptation must beat recalibration to count."""
-    return Scored(logits, cross_fitted_cuts(logits[CLEAN], target.labels, target.folds))
+    return Scored(
+        logits, cross_fitted_row_cuts(logits, target.labels, target.folds, target.selection)
+    )
 
 
 def score_entries(
     p: Prepared, results: dict[str, MemberResult], c: Combined
 ) -> dict[str, dict[str, Scored]]:
-    """Members and combinations on the OOF rows (cut tuned there), the test rows (same cut)
-    and the target (cross-fitted cuts)."""
+    """Members and combinations on the OOF rows (cross-fitted cuts), the test rows (the cut
+    fitted on every OOF row, as deployed) and the target (cross-fitted cuts)."""
     entries: dict[str, dict[str, Scored]] = {}
     for i, n in enumerate(p.names):
-        cut = c.member_cal[n].cut()
-        entries[n] = {"oof": Scored(results[n].oof, cut), "test": Scored(results[n].test, cut)}
+        entries[n] = {
+            "oof": Scored(results[n].oof, c.member_cuts[n]),
+            "test": Scored(results[n].test, c.member_cal[n].cut()),
+        }
         if p.target is not None:
             entries[n]["target"] = target_scored(
                 {k: v[:, i] for k, v in c.z_target.items()}, p.target
             )
     for m in METHODS:
-        cut = c.cal[m].cut()
         entries[m] = {
-            "oof": Scored(c.oof[m], cut),
-            "test": Scored({k: c.combos[m].apply(v) for k, v in c.z_test.items()}, cut),
+            "oof": Scored(c.oof[m], c.oof_cuts[m]),
+            "test": Scored({k: c.combos[m].apply(v) for k, v in c.z_test.items()}, c.cal[m].cut()),
         }
         if p.target is not None:
             entries[m]["target"] = target_scored(
@@ -102,8 +126,9 @@ def add_dora_entries(entries: dict, p: Prepared, c: Combined, dora: DoraRun) -> 
         )
     }
     if dora.test is not None:  # a separate target: what adaptation costs on the source's test
+        pooled = pool(dora.oof, target.labels, target.selection)
         entries["dora"]["test"] = Scored(
-            dora.test, calibrate(dora.oof[CLEAN], target.labels, temperature=False).cut()
+            dora.test, calibrate(pooled.z, pooled.y, False, pooled.weight).cut()
         )
         entries[f"{c.method}+dora"]["test"] = Scored(
             {k: combo.apply(v) for k, v in swap_member(c.z_test, col, dora.test).items()},
@@ -117,27 +142,32 @@ class Deployment:
     reason: str
     calibration: Calibration
     calibration_set: str  # "oof" (source OOF rows) or "target" (cross-fitted target rows)
-    calibration_logits: np.ndarray
+    calibration_logits: dict[str, np.ndarray]  # key -> logits of the calibration rows
+
+
+def setting_mcc(scored: Scored, y: np.ndarray, selection: Selection) -> float:
+    return selection.metrics(y, [scored.deployed(f"{v}:none") for v in selection.variants], 0.5)[
+        "mcc"
+    ]
 
 
 def choose_deployment(p: Prepared, c: Combined, entries: dict, dora: DoraRun | None) -> Deployment:
     """The adapted ensemble only where DoRA beats the plain one on the target (both with
-    cross-fitted cuts); its temperature and threshold are then fitted on the target rows."""
+    cross-fitted cuts, in the selection setting); its temperature and threshold are then
+    fitted on the target rows."""
     method = c.method
     plain = Deployment(
         "ensemble",
         f"{method} combination of {len(p.names)} members",
         c.cal[method],
         "oof",
-        c.oof[method][CLEAN],
+        c.oof[method],
     )
     if dora is None:
         return plain
-    y_t = p.target.labels
-    before = score_rows(method, "target", entries[method]["target"], y_t, ["clean"])[0]["mcc"]
-    after = score_rows(method, "target", entries[f"{method}+dora"]["target"], y_t, ["clean"])[0][
-        "mcc"
-    ]
+    y_t, setting = p.target.labels, p.target.selection
+    before = setting_mcc(entries[method]["target"], y_t, setting)
+    after = setting_mcc(entries[f"{method}+dora"]["target"], y_t, setting)
     dora.info.update(target_mcc_plain=before, target_mcc_adapted=after)
     if after <= before:
         plain.reason += (
@@ -145,17 +175,21 @@ def choose_deployment(p: Prepared, c: Combined, entries: dict, dora: DoraRun | N
             f"{before:+.3f}), so they are reported, not deployed"
         )
         return plain
-    z = entries[f"{method}+dora"]["target"].logits[CLEAN]
+    logits = entries[f"{method}+dora"]["target"].logits
+    pooled = pool(logits, y_t, setting)
     return Deployment(
         "ensemble+dora",
         f"DoRA folds raise the target MCC from {before:+.3f} to {after:+.3f}",
-        calibrate(z, y_t),
+        calibrate(pooled.z, pooled.y, weight=pooled.weight),
         "target",
-        z,
+        logits,
     )
 
 
-def metric_rows(p: Prepared, entries: dict[str, dict[str, Scored]]) -> list[dict[str, Any]]:
+def metric_rows(
+    p: Prepared, entries: dict[str, dict[str, Scored]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every entry's metric rows, and its expected reward per set (metadata NULL)."""
     sets = {
         "oof": (p.y_pool, p.eval_variants),
         "test": (p.data.labels[p.test_idx], p.eval_variants),
@@ -163,9 +197,11 @@ def metric_rows(p: Prepared, entries: dict[str, dict[str, Scored]]) -> list[dict
     if p.target is not None:
         sets["target"] = (p.target.labels, p.target.eval_variants)
     rows: list[dict[str, Any]] = []
+    rewards: dict[str, dict[str, Any]] = {}
     for model_name, by_set in entries.items():
         for set_name, scored in by_set.items():
             y, variants = sets[set_name]
             if len(y):
                 rows.extend(score_rows(model_name, set_name, scored, y, variants))
-    return rows
+                rewards.setdefault(model_name, {})[set_name] = entry_reward(scored, y, variants)
+    return rows, rewards

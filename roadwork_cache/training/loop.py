@@ -1,6 +1,7 @@
 """The training loop of a head: weighted sampling, one cached variant per row per epoch,
 AdamW with warmup and cosine decay, gradient accumulation, clipping, bf16 on CUDA, and early
-stopping on the metadata-free validation MCC (what a validator will measure)."""
+stopping on the validation MCC in the deployment setting (`training.selection`: natix
+challenges, no metadata, labels 50/50), which is what a validator measures."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.losses import LossParts, LossWeights, total_loss
-from roadwork_cache.training.metrics import best_threshold, binary_metrics
+from roadwork_cache.training.selection import SelectionData
 
 
 @dataclass
@@ -63,7 +64,7 @@ class EpochLog:
     focal: float
     consistency: float
     weather: float
-    val_mcc: float  # metadata-free, at the MCC-best threshold
+    val_mcc: float  # in the selection setting (natix, no metadata, 50/50), at its best cut
     val_auc: float
     lr: float
     seconds: float
@@ -115,7 +116,7 @@ class Trainer:
         labels: np.ndarray,
         meta: MetadataBatch,
         device: torch.device,
-        eval_features: np.ndarray | None = None,
+        selection: SelectionData | None = None,
         soft_targets: np.ndarray | None = None,
     ):
         self.model = model.to(device)
@@ -129,7 +130,8 @@ class Trainer:
         self.labels = torch.from_numpy(self.host_labels).to(device)
         self.meta = meta.to(device)
         self.weather_mask = self.meta.weather.sum(dim=1) > 0
-        self.eval_features = variants[0] if eval_features is None else eval_features
+        # What validation rows are scored on: the deployment setting (training.selection).
+        self.selection = selection or SelectionData.single(variants[0])
         # Distillation: a target probability per row replaces the focal / consistency /
         # weather objective with binary cross-entropy against it.
         self.soft = (
@@ -227,9 +229,13 @@ class Trainer:
                 )
                 n_batches += 1
 
-            prob, _ = head_outputs(model, self.eval_features[val_idx], None, self.device)
-            t = best_threshold(val_y, prob)
-            m = binary_metrics(val_y, prob, t)
+            probs = [
+                head_outputs(model, f[val_idx], None, self.device)[0]
+                for f in self.selection.features
+            ]
+            setting = self.selection.selection
+            mcc, cut = setting.score(val_y, probs)
+            m = setting.metrics(val_y, probs, cut)
             log = EpochLog(
                 epoch,
                 *(sums / max(n_batches, 1)).tolist(),

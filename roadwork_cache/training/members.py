@@ -2,10 +2,11 @@
 
 A member is a name, a seed and overrides of the head and training settings (docs/design.md
 §8: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting). The unit of
-work is (member, fold): train on the other folds with early stopping on this one, save the
-weights, return normalised logits on the held-out fold, the test rows, a separate target and
-every row. It runs in this process or in spawned worker processes that each load the cache
-once (`run_folds`), with the same seeds either way.
+work is (member, fold): train on the other folds, early-stopping on whole videos held back
+from them (never on the fold it predicts), save the weights, return normalised logits on
+the held-out fold, the test rows, a separate target and every row. It runs in this process
+or in spawned worker processes that each load the cache once (`run_folds`), with the same
+seeds either way.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
 from roadwork_cache.training.losses import LossWeights
+from roadwork_cache.training.selection import Selection, SelectionData
 
 METAS = ("none", "all")  # all metadata NULL (what a validator sends) / every field the head reads
 
@@ -165,6 +167,7 @@ class ContextSpec:
     target_variants: list[str]
     target_rows: np.ndarray
     device: str
+    selection: Selection  # what early stopping scores (natix levels, no metadata, 50/50)
     threads: int | None = None
 
 
@@ -184,9 +187,10 @@ class FoldJob:
     head: dict[str, Any]
     train: dict[str, Any]
     variants: list[str]
-    train_rows: np.ndarray
-    val_rows: np.ndarray
-    weights: np.ndarray | None
+    train_rows: np.ndarray  # the fold's training rows minus `stop_rows`
+    stop_rows: np.ndarray  # whole videos of the fold's training rows: early stopping only
+    val_rows: np.ndarray  # the held-out fold: its logits are strictly out-of-fold
+    weights: np.ndarray | None  # GPS sampling weights of `train_rows`
     folder: str
 
 
@@ -236,9 +240,10 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
         data.labels,
         metadata_batch(config, data),
         ctx.device,
-        eval_features=data.features["clean"],
+        selection=SelectionData.of(ctx.spec.selection, data.features),
     )
-    result = trainer.fit(job.train_rows, job.val_rows, job.weights, on_epoch)
+    # Early stopping never sees the held-out fold, so its logits are strictly out-of-fold.
+    result = trainer.fit(job.train_rows, job.stop_rows, job.weights, on_epoch)
     save_weights(model, Path(job.folder))
     spec = ctx.spec
     full = head_logits(model, data.features["clean"], None, ctx.device)

@@ -27,11 +27,16 @@ from roadwork_cache.training.prepare import (
     evaluation_variants,
     head_config,
     sampling_weights,
+    selection_for,
     train_variants,
 )
-from roadwork_cache.training.splits import grouped_folds
+from roadwork_cache.training.selection import Selection
+from roadwork_cache.training.splits import grouped_folds, grouped_split
 from roadwork_cache.training.stacking import METHODS
 from roadwork_cache.training.targets import TargetSet, resolve_target
+
+# Share of a fold's training rows (whole videos) its models early-stop on.
+INNER_STOP_FRACTION = 0.2
 
 
 @dataclass
@@ -77,6 +82,10 @@ class Prepared:
     configs: dict[str, HeadConfig]
     gps_weights: np.ndarray | None  # over `pool`
     gps_info: dict[str, Any]
+    selection: Selection  # what every validation choice scores
+    # Per fold, (fit, stop): its training positions into `pool` split by video; fold models
+    # early-stop on `stop`, so the fold they predict stays strictly out-of-fold.
+    inner: list[tuple[np.ndarray, np.ndarray]]
 
     @property
     def names(self) -> list[str]:
@@ -147,6 +156,12 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
         finally:
             console.quiet = False
     weights, gps_info = sampling_weights(data, pool, test_idx, opts.head_options())
+    inner = []
+    for k, (tr, _) in enumerate(folds):
+        fit, stop = grouped_split(
+            data.labels[pool[tr]], data.groups()[pool[tr]], INNER_STOP_FRACTION, opts.seed + k
+        )
+        inner.append((tr[fit], tr[stop]))
     return Prepared(
         specs,
         data,
@@ -164,6 +179,8 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
         configs,
         weights,
         gps_info,
+        selection_for(data),
+        inner,
     )
 
 
@@ -178,5 +195,6 @@ def context(p: Prepared, device: torch.device) -> Context:
         target_variants=p.target.eval_variants if separate else [],
         target_rows=p.target.rows if separate else np.zeros(0, np.int64),
         device=str(device),
+        selection=p.selection,
     )
     return Context(spec, p.data, p.target.data if separate else None, device)

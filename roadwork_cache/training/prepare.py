@@ -24,6 +24,7 @@ from roadwork_cache.training.sampler import (
     share_within,
     target_centres,
 )
+from roadwork_cache.training.selection import FALLBACK_WARNING, Selection
 
 
 @dataclass
@@ -106,7 +107,7 @@ def sampling_weights(
     data: CacheData, train_idx: np.ndarray, test_idx: np.ndarray, opts: TrainHeadOptions
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
     lat, lon = data.gps()
-    if opts.target:
+    if opts.target and opts.target != "test":
         t_lat, t_lon = read_target(opts.target)
         source = opts.target
     else:
@@ -136,3 +137,11 @@ def sampling_weights(
 
 def evaluation_variants(data: CacheData) -> list[str]:
     return [v for v in data.features if v == "clean" or v.startswith("natix-")]
+
+
+def selection_for(data: CacheData) -> Selection:
+    """The selection setting of this cache (training.selection); one warning on fallback."""
+    selection = Selection.for_variants(list(data.features))
+    if selection.fallback:
+        console.print(f"[yellow]warning: {FALLBACK_WARNING}")
+    return selection

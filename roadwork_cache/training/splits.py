@@ -99,11 +99,7 @@ def _split_names(split_column: Any, n: int) -> np.ndarray:
     )
     if len(names) != n:
         raise UserError(f"split column ({len(names)}) and labels ({n}) differ in length.")
-    unknown = sorted(set(names) - VAL_NAMES - TRAIN_NAMES - TEST_NAMES)
-    if unknown:
-        raise UserError(
-            f"split column has unknown values {unknown}; expected train, val, validation or test."
-        )
+    # Other split names (readers keep them) train, like 'train': the stages report them.
     return names
 
 

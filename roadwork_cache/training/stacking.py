@@ -21,35 +21,42 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
-from roadwork_cache.heads.combine import Calibration, Combination, logit, sigmoid
+from roadwork_cache.heads.combine import Calibration, Combination, sigmoid
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
 
 METHODS = ("mean", "weighted", "stacked")
 
 
-def member_mcc(y: np.ndarray, z: np.ndarray) -> float:
-    """MCC of one member's logits at its own MCC-best threshold."""
+def member_mcc(y: np.ndarray, z: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """(Weighted) MCC of one member's logits at its own MCC-best threshold."""
     prob = sigmoid(z)
-    return binary_metrics(y, prob, best_threshold(y, prob))["mcc"]
+    return binary_metrics(y, prob, best_threshold(y, prob, weight), weight)["mcc"]
 
 
 def fit_combination(
-    method: str, logits: np.ndarray, y: np.ndarray, members: Sequence[str], seed: int = 0
+    method: str,
+    logits: np.ndarray,
+    y: np.ndarray,
+    members: Sequence[str],
+    seed: int = 0,
+    weight: np.ndarray | None = None,
 ) -> Combination:
-    """Fit one combination on (out-of-fold) member logits [n, M] and labels [n]."""
+    """Fit one combination on (out-of-fold) member logits [n, M], labels [n] and row weights
+    (the selection setting's: equal natix levels, balanced labels)."""
     z = np.asarray(logits, dtype=np.float64)
     n_members = z.shape[1]
     if method == "mean":
         return Combination(method, list(members), [1.0 / n_members] * n_members)
     if method == "weighted":
-        mcc = np.array([max(member_mcc(y, z[:, m]), 0.0) for m in range(n_members)])
+        mcc = np.array([max(member_mcc(y, z[:, m], weight), 0.0) for m in range(n_members)])
         # Every member at chance: no evidence to weight by, so fall back to the mean.
         weights = mcc / mcc.sum() if mcc.sum() > 0 else np.full(n_members, 1.0 / n_members)
         return Combination(method, list(members), weights.tolist())
     if method == "stacked":
         # Logits are on one scale already; mild L2 (C=1) keeps correlated members stable.
-        lr = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(z, y)
+        lr = LogisticRegression(C=1.0, max_iter=1000, random_state=seed)
+        lr.fit(z, y, sample_weight=weight)
         return Combination(method, list(members), lr.coef_[0].tolist(), float(lr.intercept_[0]))
     raise UserError(f"unknown combination method {method!r} (known: {', '.join(METHODS)})")
 
@@ -61,9 +68,14 @@ def fold_combinations(
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
     members: Sequence[str],
     seed: int = 0,
+    weight: np.ndarray | None = None,
 ) -> list[Combination]:
     """One combination per fold, each fitted on the other folds' rows."""
-    return [fit_combination(method, logits[train], y[train], members, seed) for train, _ in folds]
+    w = np.ones(len(y)) if weight is None else np.asarray(weight)
+    return [
+        fit_combination(method, logits[train], y[train], members, seed, w[train])
+        for train, _ in folds
+    ]
 
 
 def apply_folds(
@@ -79,34 +91,53 @@ def apply_folds(
     return out
 
 
-def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
-    """The T > 0 minimising the binary NLL of ``sigmoid(z / T)`` (searched on log T)."""
+def fit_temperature(z: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """The T > 0 minimising the (weighted) binary NLL of ``sigmoid(z / T)`` (on log T)."""
     z = np.asarray(z, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    w = np.ones(len(z)) if weight is None else np.asarray(weight, dtype=np.float64)
 
     def nll(log_t: float) -> float:
         s = z / math.exp(log_t)
         # log(1 + exp(-s)) for y = 1 and log(1 + exp(s)) for y = 0, computed stably.
-        return float(np.mean(np.logaddexp(0.0, np.where(y > 0.5, -s, s))))
+        return float(np.average(np.logaddexp(0.0, np.where(y > 0.5, -s, s)), weights=w))
 
     res = minimize_scalar(nll, bounds=(math.log(1e-2), math.log(1e2)), method="bounded")
     return float(math.exp(res.x))
 
 
-def calibrate(z: np.ndarray, y: np.ndarray, temperature: bool = True) -> Calibration:
+def calibrate(
+    z: np.ndarray, y: np.ndarray, temperature: bool = True, weight: np.ndarray | None = None
+) -> Calibration:
     """Fit T (optional) and then the MCC-best threshold on the calibrated probabilities."""
-    t = fit_temperature(z, y) if temperature else 1.0
+    t = fit_temperature(z, y, weight) if temperature else 1.0
     cal = Calibration(temperature=t)
-    cal.threshold = best_threshold(y, cal.prob(z))
+    cal.threshold = best_threshold(y, cal.prob(z), weight)
     return cal
 
 
+def cross_fitted_calibration(
+    z: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    temperature: bool = True,
+    weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-row logit cut where fold j's cut comes from the calibration fitted on the other
+    folds' rows: a score at that cut is as honest as the logits it cuts."""
+    w = np.ones(len(z)) if weight is None else np.asarray(weight)
+    cuts = np.zeros(len(z), dtype=np.float64)
+    for train, val in folds:
+        cuts[val] = calibrate(z[train], y[train], temperature, w[train]).cut()
+    return cuts
+
+
 def cross_fitted_cuts(
-    z: np.ndarray, y: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]]
+    z: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-row logit cut where each fold's cut is the MCC-best one on the other folds: an
     honest way to let every model re-tune its threshold to a new (target) distribution."""
-    cuts = np.zeros(len(z), dtype=np.float64)
-    for train, val in folds:
-        cuts[val] = logit(best_threshold(y[train], sigmoid(z[train])))
-    return cuts
+    return cross_fitted_calibration(z, y, folds, temperature=False, weight=weight)

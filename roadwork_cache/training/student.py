@@ -19,6 +19,7 @@ from roadwork_cache.training.ensemble_scores import Scored, target_scored
 from roadwork_cache.training.members import logits_by_key
 from roadwork_cache.training.metrics import best_threshold
 from roadwork_cache.training.plan import EnsembleOptions, Prepared
+from roadwork_cache.training.selection import SelectionData
 
 
 def run_student(
@@ -51,7 +52,7 @@ def run_student(
         device,
         train_rows,
         stop_rows,
-        eval_features=data.features["clean"],
+        selection=SelectionData.of(p.selection, data.features),
         on_epoch=lambda log: bar.update(task, rate=f"student epoch {log.epoch}"),
     )
     seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ import numpy as np
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.dataset import CacheData, load_cache_data
 from roadwork_cache.training.prepare import train_variants
+from roadwork_cache.training.selection import Selection
 from roadwork_cache.training.splits import grouped_folds
 
 
@@ -31,11 +32,19 @@ class TargetSet:
     def labels(self) -> np.ndarray:
         return self.data.labels[self.rows]
 
+    @property
+    def selection(self) -> Selection:
+        """The deployment setting on the target's own cached variants."""
+        return Selection.for_variants(self.eval_variants)
+
+
+TEST_TARGET = "test"  # --target test: the cache's own test split
+
 
 class TargetOptions(Protocol):
     """The options that choose a target set (an ensemble run's options have them all)."""
 
-    target: str | None  # a labelled cache, a CSV of lat,lon, or None: the test split
+    target: str | None  # "test", a labelled cache, a CSV of lat,lon, or None
     cache: Path
     folds: int
     dora_folds: int
@@ -52,13 +61,18 @@ def resolve_target(
     """The target set, checked before any training: same backbone, labels for DoRA."""
     k = opts.dora_folds or opts.folds
     if opts.target is None:
-        if opts.dora_folds and len(test_idx) == 0:
+        if opts.dora_folds:
             raise UserError(
-                f"--dora-folds needs a labelled target set: cache {opts.cache} has "
-                "no labelled test rows, so pass --target with a labelled cache"
+                "--dora-folds needs a labelled target: --target test adapts to this cache's "
+                "test split (scored cross-fitted; the deployed model then has seen those "
+                "rows), or --target CACHE names another labelled cache"
             )
+        return None
+    if opts.target == TEST_TARGET:
         if not opts.dora_folds:
-            return None
+            return None  # GPS weighting toward the test split: the default anyway
+        if len(test_idx) == 0:
+            raise UserError(f"--target test: cache {opts.cache} has no labelled test rows")
         folds = grouped_folds(data.labels[test_idx], data.groups()[test_idx], k, opts.seed)
         return TargetSet("test split", data, test_idx, False, folds, base_variants, eval_variants)
     path = Path(opts.target)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
 from roadwork_cache.readers.schema import Sample
 from roadwork_cache.views.geometry import N_VIEWS, TILE_FRACTION, render_views
-from roadwork_cache.views.variants import apply_variant, prepare_variants
+from roadwork_cache.views.variants import apply_variant, full_resolution, prepare_variants
 
 
 @dataclass
@@ -68,7 +68,10 @@ class ViewDataset(Dataset):
         if sample.error:
             return DecodedItem(row, None, None, None, sample.error, variant)
         try:
-            img = decode_image(sample.image_bytes, self.max_pixels, self.draft_side)
+            # Challenges and TTA crops are rendered from the full image, as the validator
+            # renders them; clean and aug views only need the draft decode's resolution.
+            draft = None if full_resolution(variant) else self.draft_side
+            img = decode_image(sample.image_bytes, self.max_pixels, draft)
         except ImageError as exc:
             return DecodedItem(row, None, None, None, str(exc), variant)
         # Record the size of the full image, not of a reduced-scale JPEG draft.

@@ -77,10 +77,23 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def parse_variants(spec: str) -> list[str]:
-    """'clean,aug:8,natix:4,tta:8' -> ['clean', 'aug-0', ..., 'tta-7'] (order kept)."""
+    """'clean,aug:8,natix:4,tta:8' -> ['clean', 'aug-0', ..., 'tta-7'] (order kept).
+
+    'natix:4+tta:4' composes: every natix-L challenge with every tta-K transform applied to
+    the 224 px JPEG, named natix-L+tta-K (what `predict --tta` does to a challenge).
+    """
     out: list[str] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
+            continue
+        if "+" in item:
+            challenge, _, transform = item.partition("+")
+            names = [
+                f"{a}+{b}" for a in parse_variants(challenge) for b in parse_variants(transform)
+            ]
+            for name in names:
+                check_variant(name)
+            out.extend(n for n in names if n not in out)
             continue
         kind, _, count = item.partition(":")
         if kind == "clean" and not count:
@@ -107,8 +120,13 @@ def parse_variants(spec: str) -> list[str]:
 
 
 def split_name(name: str) -> tuple[str, int]:
+    """'natix-3' -> ('natix', 3); a composed 'natix-3+tta-1' -> ('natix+tta', 3), its
+    challenge's index (`composed_parts` gives both halves)."""
     if name == "clean":
         return "clean", 0
+    if "+" in name:
+        challenge, transform = composed_parts(name)
+        return "natix+tta", split_name(challenge)[1]
     kind, _, k = name.rpartition("-")
     if kind not in ("aug", "natix", "tta") or not k.isdigit():
         raise UserError(
@@ -120,6 +138,20 @@ def split_name(name: str) -> tuple[str, int]:
     return kind, int(k)
 
 
+def composed_parts(name: str) -> tuple[str, str]:
+    """'natix-3+tta-1' -> ('natix-3', 'tta-1'); one sentence for any other composition."""
+    parts = name.split("+")
+    ok = len(parts) == 2 and parts[0].startswith("natix-") and parts[1].startswith("tta-")
+    if not ok:
+        raise UserError(
+            f"unknown variant {name!r}: a composed variant is a natix challenge then a TTA "
+            "transform, e.g. natix-2+tta-1 (or natix:4+tta:4)"
+        )
+    for part in parts:
+        split_name(part)
+    return parts[0], parts[1]
+
+
 def check_variant(name: str) -> str:
     split_name(name)
     return name
@@ -128,6 +160,16 @@ def check_variant(name: str) -> str:
 def recipe(name: str) -> dict[str, Any]:
     """The recipe stored in the cache attributes for one variant."""
     kind, k = split_name(name)
+    if kind == "natix+tta":
+        challenge, transform = composed_parts(name)
+        return {
+            "name": name,
+            "kind": kind,
+            "index": k,
+            "level": k % 4,
+            "version": RECIPES["natix"]["version"] * 100 + RECIPES["tta"]["version"],
+            "ops": [f"{challenge} (the challenge JPEG)", f"then {transform} on it"],
+        }
     out = {"name": name, "kind": kind, "index": k, **RECIPES[kind]}
     if kind == "natix":
         out["level"] = k % 4
@@ -145,6 +187,9 @@ def apply_variant(img: Image.Image, name: str, sample_id: str) -> Image.Image:
     kind, k = split_name(name)
     if kind == "clean":
         return img
+    if kind == "natix+tta":  # the same challenge as natix-L alone, then the TTA transform
+        challenge, transform = composed_parts(name)
+        return apply_variant(apply_variant(img, challenge, sample_id), transform, sample_id)
     if kind == "tta":
         return tta_image(img, k)
     rng = rng_for(sample_id, name)
@@ -154,6 +199,12 @@ def apply_variant(img: Image.Image, name: str, sample_id: str) -> Image.Image:
 
 
 # ---- aug: albumentations ---------------------------------------------------------------------
+
+
+def full_resolution(name: str) -> bool:
+    """Whether a variant must be rendered from the full-resolution decode: the validator
+    renders its challenge from the full image, and TTA transforms crop into it."""
+    return split_name(name)[0] in ("natix", "tta", "natix+tta")
 
 
 def prepare_variants(names: Sequence[str]) -> None:
