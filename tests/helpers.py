@@ -78,13 +78,15 @@ def planted_cache(
     leaky_text: bool = True,
     test_fraction: float = 0.25,
     cities: tuple = ((39.77, -86.16), (42.36, -71.06), (33.45, -112.07)),
+    leaky_daytime: bool = False,
 ):
     """A finished cache whose features carry a known signal.
 
     Positives get `signal * u` (a fixed random unit direction) added to 1-2 random tiles
     (views 1-9) and nowhere else: the global view (0) holds no signal, so a global-view
     baseline is near chance while a head that looks at tiles can find it. `description` is
-    set only on positives (the real data's leak). Returns (cache path, planted view mask
+    set only on positives (the real data's leak); `leaky_daytime` makes daytime the label too.
+    Returns (cache path, planted view mask
     [n, 12] bool, labels).
     """
     import numpy as np
@@ -132,7 +134,10 @@ def planted_cache(
                     "gps_lon": lon + rng.normal(0, 0.05),
                     "city": None,
                     "weather": [["Sunny"], ["Rainy"], []][i % 3],
-                    "daytime": ["Light", "Dark"][i % 2],
+                    # leaky: daytime says the label (a field the head reads by default)
+                    "daytime": ["Dark", "Light"][labels[i]]
+                    if leaky_daytime
+                    else ["Light", "Dark"][i % 2],
                     "scene": "Urban",
                     "description": "Cones ahead." if (labels[i] and leaky_text) else "",
                     "status": "ok",

@@ -7,6 +7,7 @@ kind they were given. The threshold tuned on validation is folded in: 0.5 is the
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,9 +101,11 @@ class EnsembleBundle:
         return self.calibration.folded(self.logits(features, meta))
 
     def embed(self, features: np.ndarray) -> np.ndarray:
-        """The first head of the first member: one fixed embedding space is all FOODS needs
-        (concatenating members would multiply the dimension for no gain)."""
-        return head_outputs(self.members[0][1][0][0], features, None, self.device)[1]
+        """The first head (not a probe) of the members: one fixed embedding space is all FOODS
+        needs (concatenating members would multiply the dimension for no gain)."""
+        heads = [h for _, bag in self.members for h, _ in bag if isinstance(h, RoadworkHead)]
+        first = heads[0] if heads else self.members[0][1][0][0]
+        return head_outputs(first, features, None, self.device)[1]
 
 
 def cache_identity(record: HeadRecord) -> Any:
@@ -162,3 +165,24 @@ def row_sets(path: str | Path) -> dict[str, str]:
     folder = Path(path)
     owner = ensemble_folder if is_ensemble(folder) else run_folder
     return run_folder.read_row_sets(folder / owner.PREDICTIONS_FILE)
+
+
+def speed(
+    bundle: EnsembleBundle, student_folder: Path, feats: np.ndarray, device: torch.device
+) -> dict[str, float]:
+    """Rows per second of the deployed ensemble (every head of every member) and of the
+    student, on the same rows and device (metadata-free, as deployed)."""
+    student = load_bundle(student_folder, device)
+    out = {}
+    for name, model in (("ensemble", bundle), ("student", student)):
+        model.predict(feats[:8])  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.predict(feats)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[f"{name}_rows_per_s"] = len(feats) / max(time.perf_counter() - start, 1e-9)
+    out["speedup"] = out["student_rows_per_s"] / out["ensemble_rows_per_s"]
+    out["ensemble_heads"] = sum(len(heads) for _, heads in bundle.members)
+    return out

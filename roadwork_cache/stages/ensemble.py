@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.combine import Calibration, LogitNorm
-from roadwork_cache.inference.bundles import load_ensemble, load_head
+from roadwork_cache.heads.probe import ProbeConfig
+from roadwork_cache.inference.bundles import load_ensemble, load_head, speed
 from roadwork_cache.inference.ensemble_folder import (
     AUDIT_FILE,
     METRICS_FILE,
@@ -56,34 +56,33 @@ from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.files import write_json
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.training.combining import Combined, combine
-from roadwork_cache.training.dataset import (
-    CacheData,
-    metadata_batch,
-)
 from roadwork_cache.training.dora_folds import DoraRun, run_dora
 from roadwork_cache.training.ensemble_scores import (
     Deployment,
-    Scored,
     add_dora_entries,
+    bundle_rows,
     choose_deployment,
-    entry_reward,
     metric_rows,
+    prediction_columns,
     score_entries,
-    score_rows,
+    target_columns,
 )
-from roadwork_cache.training.loop import EpochLog, TrainConfig
+from roadwork_cache.training.loop import EpochLog
 from roadwork_cache.training.members import (
     CLEAN,
-    METAS,
-    Context,
     FoldJob,
     FoldOutput,
     MemberResult,
     assemble_member,
-    digest,
     run_folds,
 )
-from roadwork_cache.training.plan import EnsembleOptions, Prepared, context, plan_ensemble
+from roadwork_cache.training.plan import (
+    EnsembleOptions,
+    Prepared,
+    context,
+    plan_ensemble,
+    plan_members,
+)
 from roadwork_cache.training.stacking import METHODS
 from roadwork_cache.training.student import run_student
 
@@ -108,9 +107,14 @@ def reuse_member(out: Path, name: str, fingerprint: dict, signature: str) -> Mem
         return None
     console.print(f"member {name}: reusing the folds trained by an earlier run")
     logits = found.logits
+    config = (
+        ProbeConfig.from_dict(info["head"])
+        if info["spec"].get("kind") == "probe"
+        else HeadConfig.from_dict(info["head"])
+    )
     return MemberResult(
         name,
-        HeadConfig.from_dict(info["head"]),
+        config,
         logits["oof"],
         logits["test"],
         logits["target"],
@@ -127,67 +131,6 @@ def save_member(out: Path, member: MemberResult) -> None:
 
 
 # ---- the stage --------------------------------------------------------------------------------
-
-
-def plan_members(
-    opts: EnsembleOptions, p: Prepared, ctx: Context
-) -> tuple[dict[str, MemberResult], list[FoldJob], dict[str, dict]]:
-    """Members an earlier run into the same folder finished (same cache, same settings) are
-    reused; every other member gets one job per fold."""
-    folds_signature = digest(
-        {"ids": [p.data.ids[i] for i in p.pool], "folds": [va.tolist() for _, va in p.folds]}
-    )
-    base_train = opts.train.to_dict()
-    reused: dict[str, MemberResult] = {}
-    jobs: list[FoldJob] = []
-    infos: dict[str, dict] = {}
-    for spec in p.specs:
-        train = {
-            **base_train,
-            **spec.train,
-            "loss": {**base_train["loss"], **(spec.train.get("loss") or {})},
-        }
-        TrainConfig.from_dict(train)  # fail on a bad value now, not in a worker
-        weights = None if p.gps_weights is None else p.gps_weights**spec.gps_strength
-        info = {
-            "spec": spec.to_dict(),
-            "head": p.configs[spec.name].to_dict(),
-            "train": train,
-            "variants": p.member_variants[spec.name],
-            "cache_fingerprint": p.fingerprint,
-            "gps_strength": spec.gps_strength,
-        }
-        info["signature"] = digest(
-            {
-                **info,
-                "folds": folds_signature,
-                "weights": digest(weights),
-                "target": ctx.spec.target_cache,
-                "eval": p.eval_variants,
-            }
-        )
-        infos[spec.name] = info
-        done = reuse_member(opts.out, spec.name, p.fingerprint, info["signature"])
-        if done is not None:
-            reused[spec.name] = done
-            continue
-        for k, ((_, va), (fit, stop)) in enumerate(zip(p.folds, p.inner, strict=True)):
-            jobs.append(
-                FoldJob(
-                    spec.name,
-                    k,
-                    spec.seed * 1000 + k,
-                    p.configs[spec.name].to_dict(),
-                    train,
-                    p.member_variants[spec.name],
-                    p.pool[fit],
-                    p.pool[stop],
-                    p.pool[va],
-                    None if weights is None else weights[fit],
-                    str(opts.out / fold_folder(spec.name, k + 1)),
-                )
-            )
-    return reused, jobs, infos
 
 
 def member_record(p: Prepared, **fields: Any) -> HeadRecord:
@@ -213,6 +156,7 @@ def write_member_configs(
             record = member_record(
                 p,
                 kind="ensemble-member",
+                architecture="probe" if isinstance(res.config, ProbeConfig) else "head",
                 head=res.config.to_dict(),
                 member=n,
                 fold=k + 1,
@@ -231,7 +175,13 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
     names = p.names
     opts.out.mkdir(parents=True, exist_ok=True)
     ctx = context(p, device)
-    results, jobs, infos = plan_members(opts, p, ctx)
+    results, jobs, infos = plan_members(
+        opts,
+        p,
+        ctx,
+        lambda name, signature: reuse_member(opts.out, name, p.fingerprint, signature),
+        lambda name, fold: str(opts.out / fold_folder(name, fold)),
+    )
 
     with progress_bar(disable=not opts.progress) as bar:
         task = bar.add_task(
@@ -278,7 +228,7 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
         # ---- DoRA folds on the target, and what is deployed ----------------------------------
         dora = None
         if opts.dora_folds:
-            member = opts.dora_member or max(names, key=lambda n: c.member_mcc[n])
+            member = opts.dora_member or max(p.head_names, key=lambda n: c.member_mcc[n])
 
             def load_base(rel: str) -> RoadworkHead:
                 return load_head(opts.out / rel, device)[0]
@@ -320,7 +270,7 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
     manifest = write_outputs_manifest(opts, p, results, c, deploy, dora, student)
     bundle = load_ensemble(opts.out, device)
     rows, rewards = metric_rows(p, entries)
-    deployed_rows, deployed_rewards = bundle_rows(bundle, p)
+    deployed_rows, deployed_rewards = bundle_rows(bundle.predict, p)
     rows += deployed_rows
     rewards["deployed"] = deployed_rewards
     # The stage's own arithmetic and the bundle's must agree; if not, the bundle's numbers
@@ -330,10 +280,16 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
         np.max(np.abs(bundle.predict(p.data.features["clean"][check]) - deployed_prob[check]))
     )
     if student is not None:
-        student.update(speed(bundle, opts.out / STUDENT_FOLDER, p.data, p.test_idx, device))
+        rows_sample = p.test_idx if len(p.test_idx) else np.arange(len(p.data))
+        feats = p.data.features["clean"][rows_sample[:2048]]
+        student.update(speed(bundle, opts.out / STUDENT_FOLDER, feats, device))
     table = ensemble_table(rows, rewards, p.random_init, p.target.name if p.target else None)
-    write_predictions(opts.out, p, results, c, deployed_prob, deploy)
-    write_target_predictions(opts.out, p, c, entries)
+    pq.write_table(
+        pa.table(prediction_columns(p, results, c, deployed_prob, deploy)),
+        opts.out / PREDICTIONS_FILE,
+    )
+    if (columns := target_columns(p, c, entries)) is not None:
+        pq.write_table(pa.table(columns), opts.out / TARGET_PREDICTIONS_FILE)
     headline = next(
         (
             r
@@ -391,31 +347,6 @@ class BundleMismatch(UserError):
     def __init__(self, message: str, result: dict[str, Any]):
         super().__init__(message)
         self.result = result
-
-
-def bundle_rows(bundle, p: Prepared) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The deployed model's rows on the test split, computed by the saved bundle itself
-    (the probability it returns, cut at 0.5), and its expected reward."""
-    idx = p.test_idx
-    if len(idx) == 0:
-        return [], {}
-    meta = metadata_batch(p.configs[p.names[0]], p.data).select(torch.from_numpy(idx))
-    probs = {
-        f"{v}:{m}": bundle.predict(p.data.features[v][idx], meta if m == "all" else None)
-        for v in p.eval_variants
-        for m in METAS
-    }
-    # Probabilities at a 0.5 cut are logits at a 0 cut: scored like every other entry.
-    scored = Scored(
-        {
-            k: np.log(np.clip(v, 1e-12, 1)) - np.log(np.clip(1 - v, 1e-12, 1))
-            for k, v in probs.items()
-        },
-        0.0,
-    )
-    y = p.data.labels[idx]
-    rows = score_rows("deployed", "test", scored, y, p.eval_variants)
-    return rows, {"test": entry_reward(scored, y, p.eval_variants)}
 
 
 def write_outputs_manifest(
@@ -484,87 +415,3 @@ def deployed_seen(p: Prepared, deploy: Deployment) -> dict[str, Any]:
         else:
             splits.append("test")
     return seen_record(p.fingerprint["path"], splits, target)
-
-
-def write_predictions(
-    out: Path,
-    p: Prepared,
-    results: dict[str, MemberResult],
-    c: Combined,
-    deployed_prob: np.ndarray,
-    deploy: Deployment,
-) -> None:
-    """One row per cache row: member and combination logits (OOF on training rows), the
-    deployed folded probability (what the bundle returns) and, on the calibration rows, the
-    folded OOF probability of each selection variant the threshold was tuned on
-    (`calibration_<variant>`)."""
-    data, pool, test_idx = p.data, p.pool, p.test_idx
-    n = len(data)
-    set_of = np.full(n, "unlabelled", dtype=object)
-    set_of[pool], set_of[test_idx] = "train", "test"  # train rows hold OOF logits
-    cols: dict[str, Any] = {
-        "id": data.ids,
-        "set": set_of.tolist(),
-        "label": [None if v < 0 else int(v) for v in data.labels],
-    }
-    for name in p.names:
-        z = results[name].full.copy()
-        z[pool] = results[name].oof[CLEAN]
-        cols[name] = z
-    for m in METHODS:
-        z = np.full(n, np.nan)
-        z[pool] = c.oof[m][CLEAN]
-        z[test_idx] = c.combos[m].apply(c.z_test[CLEAN])
-        cols[m] = z
-    cols["deployed"] = deployed_prob
-    for v in p.selection.variants:
-        cal = np.full(n, np.nan)
-        if deploy.calibration_set == "oof":
-            cal[pool] = deploy.calibration.folded(deploy.calibration_logits[f"{v}:none"])
-        cols[f"calibration_{v}"] = cal
-    pq.write_table(pa.table(cols), out / PREDICTIONS_FILE)
-
-
-def write_target_predictions(
-    out: Path, p: Prepared, c: Combined, entries: dict[str, dict[str, Scored]]
-) -> None:
-    """A separate target's labelled rows: each model's metadata-free logit, clean (`name`)
-    and per variant of the target's selection setting (`name_variant`)."""
-    if p.target is None or not p.target.separate:
-        return
-    cols: dict[str, Any] = {
-        "id": [p.target.data.ids[i] for i in p.target.rows],
-        "label": p.target.labels.tolist(),
-    }
-    for name, by_set in entries.items():
-        if "target" in by_set:
-            logits = by_set["target"].logits
-            cols[name] = logits[CLEAN]
-            for v in p.target.selection.variants:
-                cols[f"{name}_{v}"] = logits[f"{v}:none"]
-    pq.write_table(pa.table(cols), out / TARGET_PREDICTIONS_FILE)
-
-
-def speed(
-    bundle, student_folder: Path, data: CacheData, test_idx: np.ndarray, device: torch.device
-) -> dict[str, float]:
-    """Rows per second of the deployed ensemble (every head of every member) and of the
-    student, on the same rows and device (metadata-free, as deployed)."""
-    from roadwork_cache.inference.bundles import load_bundle
-
-    rows = test_idx if len(test_idx) else np.arange(len(data))
-    feats = data.features["clean"][rows[:2048]]
-    student = load_bundle(student_folder, device)
-    out = {}
-    for name, model in (("ensemble", bundle), ("student", student)):
-        model.predict(feats[:8])  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model.predict(feats)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out[f"{name}_rows_per_s"] = len(feats) / max(time.perf_counter() - start, 1e-9)
-    out["speedup"] = out["student_rows_per_s"] / out["ensemble_rows_per_s"]
-    out["ensemble_heads"] = sum(len(heads) for _, heads in bundle.members)
-    return out

@@ -9,15 +9,19 @@ it beats the plain one on the target, in the selection setting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from roadwork_cache.heads import MetadataBatch
 from roadwork_cache.heads.combine import Calibration, sigmoid
 from roadwork_cache.training.combining import Combined, cross_fitted_row_cuts, pool
+from roadwork_cache.training.dataset import metadata_batch
 from roadwork_cache.training.dora_folds import DoraRun
-from roadwork_cache.training.members import METAS, MemberResult
+from roadwork_cache.training.members import CLEAN, METAS, MemberResult
 from roadwork_cache.training.plan import Prepared
 from roadwork_cache.training.reward import expected_reward
 from roadwork_cache.training.selection import Selection
@@ -205,3 +209,90 @@ def metric_rows(
                 rows.extend(score_rows(model_name, set_name, scored, y, variants))
                 rewards.setdefault(model_name, {})[set_name] = entry_reward(scored, y, variants)
     return rows, rewards
+
+
+def bundle_rows(
+    predict: Callable[[np.ndarray, MetadataBatch | None], np.ndarray], p: Prepared
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The deployed model's rows on the test split, computed by the saved bundle's own
+    `predict` (the probability it returns, cut at 0.5), and its expected reward."""
+    idx = p.test_idx
+    if len(idx) == 0:
+        return [], {}
+    meta = None  # probes only: none reads metadata
+    if p.head_names:
+        meta = metadata_batch(p.configs[p.head_names[0]], p.data).select(torch.from_numpy(idx))
+    probs = {
+        f"{v}:{m}": predict(p.data.features[v][idx], meta if m == "all" else None)
+        for v in p.eval_variants
+        for m in METAS
+    }
+    # Probabilities at a 0.5 cut are logits at a 0 cut: scored like every other entry.
+    scored = Scored(
+        {
+            k: np.log(np.clip(v, 1e-12, 1)) - np.log(np.clip(1 - v, 1e-12, 1))
+            for k, v in probs.items()
+        },
+        0.0,
+    )
+    y = p.data.labels[idx]
+    rows = score_rows("deployed", "test", scored, y, p.eval_variants)
+    return rows, {"test": entry_reward(scored, y, p.eval_variants)}
+
+
+def prediction_columns(
+    p: Prepared,
+    results: dict[str, MemberResult],
+    c: Combined,
+    deployed_prob: np.ndarray,
+    deploy: Deployment,
+) -> None:
+    """One row per cache row: member and combination logits (OOF on training rows), the
+    deployed folded probability (what the bundle returns) and, on the calibration rows, the
+    folded OOF probability of each selection variant the threshold was tuned on
+    (`calibration_<variant>`)."""
+    data, pool, test_idx = p.data, p.pool, p.test_idx
+    n = len(data)
+    set_of = np.full(n, "unlabelled", dtype=object)
+    set_of[pool], set_of[test_idx] = "train", "test"  # train rows hold OOF logits
+    cols: dict[str, Any] = {
+        "id": data.ids,
+        "set": set_of.tolist(),
+        "label": [None if v < 0 else int(v) for v in data.labels],
+    }
+    for name in p.names:
+        z = results[name].full.copy()
+        z[pool] = results[name].oof[CLEAN]
+        cols[name] = z
+    for m in METHODS:
+        z = np.full(n, np.nan)
+        z[pool] = c.oof[m][CLEAN]
+        z[test_idx] = c.combos[m].apply(c.z_test[CLEAN])
+        cols[m] = z
+    cols["deployed"] = deployed_prob
+    for v in p.selection.variants:
+        cal = np.full(n, np.nan)
+        if deploy.calibration_set == "oof":
+            cal[pool] = deploy.calibration.folded(deploy.calibration_logits[f"{v}:none"])
+        cols[f"calibration_{v}"] = cal
+    return cols
+
+
+def target_columns(
+    p: Prepared, c: Combined, entries: dict[str, dict[str, Scored]]
+) -> dict[str, Any] | None:
+    """A separate target's labelled rows: each model's metadata-free logit, clean (`name`)
+    and per variant of the target's selection setting (`name_variant`)."""
+    if p.target is None or not p.target.separate:
+        return None
+    cols: dict[str, Any] = {
+        "id": [p.target.data.ids[i] for i in p.target.rows],
+        "label": p.target.labels.tolist(),
+    }
+    for name, by_set in entries.items():
+        if "target" in by_set:
+            logits = by_set["target"].logits
+            cols[name] = logits[CLEAN]
+            for v in p.target.selection.variants:
+                cols[f"{name}_{v}"] = logits[f"{v}:none"]
+    return cols

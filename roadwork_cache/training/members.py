@@ -28,9 +28,11 @@ import torch
 
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.combine import LogitNorm
-from roadwork_cache.heads.forward import head_logits
+from roadwork_cache.heads.forward import head_logits, head_outputs
 from roadwork_cache.heads.io import save_weights
+from roadwork_cache.heads.probe import ProbeConfig
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.training.baselines import ALL_VIEWS, fit_probe
 from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
 from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
 from roadwork_cache.training.losses import LossWeights
@@ -48,6 +50,7 @@ class MemberSpec:
 
     name: str
     seed: int = 0
+    kind: str = "head"  # "head" (RoadworkHead), or "probe" (the 12-view linear probe)
     head: dict[str, Any] = field(default_factory=dict)  # HeadConfig overrides
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
     gps_strength: float = 1.0  # exponent on the GPS sampling weights: 0 off, 2 sharper
@@ -88,10 +91,14 @@ class MemberSpec:
         if bad:
             raise UserError(f"{label} in {where} has unknown key(s) {', '.join(bad)}")
         variants = data.get("variants")
+        kind = data.get("kind", "head")
+        if kind not in MEMBER_KINDS:
+            raise UserError(f"{label} in {where} has kind {kind!r}; use head or probe")
         try:
             return cls(
                 name=name,
                 seed=int(data.get("seed", 0)),
+                kind=kind,
                 head=dict(head),
                 train=dict(train),
                 gps_strength=float(data.get("gps_strength", 1.0)),
@@ -114,7 +121,10 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
     {"name": "wide", "seed": 4, "head": {"dim": 768}},
     {"name": "heads16", "seed": 5, "head": {"heads": 16}},
     {"name": "gps-strong", "seed": 6, "gps_strength": 2.0},
+    # DINOv3's own evaluation: if the heads cannot beat it, the stack will say so.
+    {"name": "probe", "seed": 7, "kind": "probe"},
 ]
+MEMBER_KINDS = ("head", "probe")
 
 
 def load_members(spec: str) -> list[MemberSpec]:
@@ -184,6 +194,7 @@ class FoldJob:
     member: str
     fold: int  # 0-based
     seed: int
+    kind: str  # head or probe
     head: dict[str, Any]
     train: dict[str, Any]
     variants: list[str]
@@ -217,7 +228,10 @@ def logits_by_key(
     variants: list[str],
     device: torch.device,
 ) -> dict[str, np.ndarray]:
-    meta = metadata_batch(config, data).select(torch.from_numpy(rows))
+    if isinstance(config, ProbeConfig):  # a probe reads no metadata
+        meta = None
+    else:
+        meta = metadata_batch(config, data).select(torch.from_numpy(rows))
     return {
         f"{v}:{m}": head_logits(model, data.features[v][rows], meta if m == "all" else None, device)
         for v in variants
@@ -228,6 +242,8 @@ def logits_by_key(
 def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
     """Train one member on one fold, save its weights, return its logits."""
     start = time.perf_counter()
+    if job.kind == "probe":
+        return run_probe_fold(ctx, job, start)
     torch.manual_seed(job.seed)  # init and dropout: the same in a worker as in-process
     config = HeadConfig.from_dict(job.head)
     model = RoadworkHead(config)
@@ -244,8 +260,39 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
     )
     # Early stopping never sees the held-out fold, so its logits are strictly out-of-fold.
     result = trainer.fit(job.train_rows, job.stop_rows, job.weights, on_epoch)
+    return fold_output(
+        ctx, job, model, config, result.best_epoch, result.best_val_mcc, len(result.history), start
+    )
+
+
+def run_probe_fold(ctx: Context, job: FoldJob, start: float) -> FoldOutput:
+    """A probe member on one fold: a logistic regression on the fold's training rows (clean
+    views; it needs no early stopping, so its stopping rows train too)."""
+    data = ctx.data
+    rows = np.concatenate([job.train_rows, job.stop_rows])
+    probe = fit_probe(data.features["clean"][rows], data.labels[rows], ALL_VIEWS, job.seed)
+    setting = ctx.spec.selection
+    y = data.labels[job.stop_rows]
+    probs = [
+        head_outputs(probe, data.features[v][job.stop_rows], None, ctx.device)[0]
+        for v in setting.variants
+    ]
+    return fold_output(ctx, job, probe, probe.config, 0, setting.score(y, probs)[0], 0, start)
+
+
+def fold_output(
+    ctx: Context,
+    job: FoldJob,
+    model,
+    config,
+    best_epoch: int,
+    best_val_mcc: float,
+    epochs_run: int,
+    start: float,
+) -> FoldOutput:
+    """Save a trained fold model, return its normalised logits on every set."""
+    data, spec = ctx.data, ctx.spec
     save_weights(model, Path(job.folder))
-    spec = ctx.spec
     full = head_logits(model, data.features["clean"], None, ctx.device)
     norm = LogitNorm.fit(full[job.train_rows])
 
@@ -260,9 +307,9 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
     return FoldOutput(
         job.member,
         job.fold,
-        result.best_epoch,
-        result.best_val_mcc,
-        len(result.history),
+        best_epoch,
+        best_val_mcc,
+        epochs_run,
         time.perf_counter() - start,
         val=normed(
             logits_by_key(model, data, config, job.val_rows, spec.eval_variants, ctx.device)
@@ -333,7 +380,7 @@ def digest(value: Any) -> str:
 @dataclass
 class MemberResult:
     name: str
-    config: HeadConfig
+    config: HeadConfig | ProbeConfig
     oof: dict[str, np.ndarray]  # key -> OOF logits over the pool rows
     test: dict[str, np.ndarray]  # key -> mean fold-model logits on the test rows
     target: dict[str, np.ndarray]  # key -> the same on a separate target's labelled rows
@@ -344,7 +391,7 @@ class MemberResult:
 
 def assemble_member(
     name: str,
-    config: HeadConfig,
+    config: HeadConfig | ProbeConfig,
     outputs: list[FoldOutput],
     folds: list[tuple[np.ndarray, np.ndarray]],
     n_pool: int,
@@ -379,4 +426,4 @@ def assemble_member(
     return MemberResult(name, config, oof, test, target, full, folders, info)
 
 
-CLEAN = "clean:none"  # the key everything is fitted and tuned on: the deployment setting
+CLEAN = "clean:none"  # the clean, metadata-free key: soft labels and the predictions file

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -10,8 +11,10 @@ import numpy as np
 import torch
 
 from roadwork_cache.heads import HeadConfig
+from roadwork_cache.heads.probe import ProbeConfig
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console
+from roadwork_cache.training.baselines import ALL_VIEWS
 from roadwork_cache.training.dataset import (
     CacheData,
     labelled_rows,
@@ -20,7 +23,16 @@ from roadwork_cache.training.dataset import (
 )
 from roadwork_cache.training.distill import DistillConfig
 from roadwork_cache.training.dora import DoraSettings
-from roadwork_cache.training.members import Context, ContextSpec, MemberSpec, load_members
+from roadwork_cache.training.loop import TrainConfig
+from roadwork_cache.training.members import (
+    Context,
+    ContextSpec,
+    FoldJob,
+    MemberResult,
+    MemberSpec,
+    digest,
+    load_members,
+)
 from roadwork_cache.training.prepare import (
     TrainHeadOptions,
     audit_leakage,
@@ -79,7 +91,7 @@ class Prepared:
     target: TargetSet | None
     audits: list
     leaky: list[str]
-    configs: dict[str, HeadConfig]
+    configs: dict[str, HeadConfig | ProbeConfig]
     gps_weights: np.ndarray | None  # over `pool`
     gps_info: dict[str, Any]
     selection: Selection  # what every validation choice scores
@@ -92,20 +104,30 @@ class Prepared:
         return [s.name for s in self.specs]
 
     @property
+    def head_names(self) -> list[str]:
+        """Members that are heads (not probes): DoRA adapts, and the student copies, those."""
+        return [s.name for s in self.specs if s.kind == "head"]
+
+    @property
     def y_pool(self) -> np.ndarray:
         return self.data.labels[self.pool]
 
 
-def check_options(opts: EnsembleOptions, names: list[str]) -> None:
+def check_options(opts: EnsembleOptions, specs: list[MemberSpec]) -> None:
+    names = [s.name for s in specs]
+    heads = [s.name for s in specs if s.kind == "head"]
+    if not heads and (opts.dora_folds or opts.distill):
+        raise UserError("DoRA folds and the student need at least one head member (not a probe)")
     if opts.combine != "auto" and opts.combine not in METHODS:
         raise UserError(f"--combine {opts.combine!r} must be auto, {', '.join(METHODS)}")
     if opts.folds < 2 or opts.jobs < 1 or opts.dora_folds < 0 or opts.dora_folds == 1:
         raise UserError(
             "--folds must be at least 2, --dora-folds 0 or at least 2, and --jobs at least 1"
         )
-    if opts.dora_member is not None and opts.dora_member not in names:
+    if opts.dora_member is not None and opts.dora_member not in heads:
         raise UserError(
-            f"--dora-member {opts.dora_member} is not a member (members: {', '.join(names)})"
+            f"--dora-member {opts.dora_member} is not a head member (heads: {', '.join(heads)}; "
+            f"members: {', '.join(names)})"
         )
 
 
@@ -113,7 +135,7 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
     """Load the cache, split rows, make folds, check the target and every member's config:
     all bad input is refused here, before the first epoch."""
     specs = load_members(opts.members)
-    check_options(opts, [s.name for s in specs])
+    check_options(opts, specs)
     from roadwork_cache.store.cache import Cache
 
     available = Cache.open(opts.cache).variants()
@@ -148,11 +170,15 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
     )
 
     audits, leaky = audit_leakage(data, pool, opts.head_options())
-    configs: dict[str, HeadConfig] = {}
+    configs: dict[str, HeadConfig | ProbeConfig] = {}
     for i, spec in enumerate(specs):
         console.quiet = i > 0  # the leaky-field note once, not once per member
         try:
-            configs[spec.name] = head_config(data, opts.head_options(spec), leaky)
+            configs[spec.name] = (
+                ProbeConfig(data.in_dim, data.meta.n_views, ALL_VIEWS)
+                if spec.kind == "probe"
+                else head_config(data, opts.head_options(spec), leaky)
+            )
         finally:
             console.quiet = False
     weights, gps_info = sampling_weights(data, pool, test_idx, opts.head_options())
@@ -198,3 +224,70 @@ def context(p: Prepared, device: torch.device) -> Context:
         selection=p.selection,
     )
     return Context(spec, p.data, p.target.data if separate else None, device)
+
+
+def plan_members(
+    opts: EnsembleOptions,
+    p: Prepared,
+    ctx: Context,
+    reuse: Callable[[str, str], MemberResult | None],
+    fold_folder: Callable[[str, int], str],
+) -> tuple[dict[str, MemberResult], list[FoldJob], dict[str, dict]]:
+    """Members an earlier run into the same folder finished (same cache, same settings) are
+    reused (`reuse(name, signature)` finds one); every other member gets one job per fold,
+    writing to `fold_folder(name, fold from 1)`."""
+    folds_signature = digest(
+        {"ids": [p.data.ids[i] for i in p.pool], "folds": [va.tolist() for _, va in p.folds]}
+    )
+    base_train = opts.train.to_dict()
+    reused: dict[str, MemberResult] = {}
+    jobs: list[FoldJob] = []
+    infos: dict[str, dict] = {}
+    for spec in p.specs:
+        train = {
+            **base_train,
+            **spec.train,
+            "loss": {**base_train["loss"], **(spec.train.get("loss") or {})},
+        }
+        TrainConfig.from_dict(train)  # fail on a bad value now, not in a worker
+        weights = None if p.gps_weights is None else p.gps_weights**spec.gps_strength
+        info = {
+            "spec": spec.to_dict(),
+            "head": p.configs[spec.name].to_dict(),
+            "train": train,
+            "variants": p.member_variants[spec.name],
+            "cache_fingerprint": p.fingerprint,
+            "gps_strength": spec.gps_strength,
+        }
+        info["signature"] = digest(
+            {
+                **info,
+                "folds": folds_signature,
+                "weights": digest(weights),
+                "target": ctx.spec.target_cache,
+                "eval": p.eval_variants,
+            }
+        )
+        infos[spec.name] = info
+        done = reuse(spec.name, info["signature"])
+        if done is not None:
+            reused[spec.name] = done
+            continue
+        for k, ((_, va), (fit, stop)) in enumerate(zip(p.folds, p.inner, strict=True)):
+            jobs.append(
+                FoldJob(
+                    spec.name,
+                    k,
+                    spec.seed * 1000 + k,
+                    spec.kind,
+                    p.configs[spec.name].to_dict(),
+                    train,
+                    p.member_variants[spec.name],
+                    p.pool[fit],
+                    p.pool[stop],
+                    p.pool[va],
+                    None if weights is None else weights[fit],
+                    fold_folder(spec.name, k + 1),
+                )
+            )
+    return reused, jobs, infos

@@ -32,9 +32,9 @@ def run_student(
     bar,
     task,
 ) -> dict[str, Any]:
-    """One head (the first member's config) distilled from the ensemble's OOF soft labels;
+    """One head (the first head member's config) distilled from the ensemble's OOF soft labels;
     the first fold's rows are held back (true labels) for early stopping and its threshold."""
-    data, pool, config = p.data, p.pool, p.configs[p.names[0]]
+    data, pool, config = p.data, p.pool, p.configs[p.head_names[0]]
     torch.manual_seed(opts.distill_cfg.seed)
     student = RoadworkHead(config)
     soft = np.zeros(len(data))

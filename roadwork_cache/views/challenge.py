@@ -142,17 +142,23 @@ def natix_params(level: int, width: int, height: int, rng: np.random.Generator) 
 
 def natix_challenge(img: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:
     """One validator challenge at `level`, returned as the decoded 224 px JPEG."""
-    return render_challenge(img, natix_params(level, *img.size, rng))
+    return decode_jpeg(challenge_jpeg(img, natix_params(level, *img.size, rng)))
+
+
+def challenge_jpeg(img: Image.Image, params: dict) -> bytes:
+    """The 224 px JPEG (quality 75) a miner receives for these challenge parameters."""
+    return encode_jpeg(render_challenge(img, params))
 
 
 def render_challenge(img: Image.Image, params: dict) -> Image.Image:
+    """The challenge's pixels before the JPEG encoding."""
     import torchvision.transforms.functional as TF
 
     if params["level"] == 0:
         out = _centre_square(img).resize(
             (CHALLENGE_SIZE, CHALLENGE_SIZE), Image.Resampling.BILINEAR
         )
-        return jpeg_round_trip(out)
+        return out
     x = TF.to_tensor(img)
     # The subnet rotates with torchvision's default (nearest) and no expansion.
     x = TF.rotate(x, params["angle"])
@@ -171,14 +177,21 @@ def render_challenge(img: Image.Image, params: dict) -> Image.Image:
         arr = gaussian_noise_colour(arr, NOISE_VAR[sev["noise"] - 1], noise_rng)
     if sev.get("blur"):
         arr = gaussian_blur(arr, BLUR_KERNEL[sev["blur"] - 1])
-    return jpeg_round_trip(Image.fromarray(arr))
+    return Image.fromarray(arr)
+
+
+def encode_jpeg(img: Image.Image, quality: int = CHALLENGE_JPEG_QUALITY) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> Image.Image:
+    out = Image.open(io.BytesIO(data))
+    out.load()
+    return out.convert("RGB")
 
 
 def jpeg_round_trip(img: Image.Image, quality: int = CHALLENGE_JPEG_QUALITY) -> Image.Image:
     """Encode and decode as the miner receives it."""
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    out = Image.open(buf)
-    out.load()
-    return out.convert("RGB")
+    return decode_jpeg(encode_jpeg(img, quality))

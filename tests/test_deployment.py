@@ -1,0 +1,248 @@
+"""Judged as deployed (docs/design.md §1, §7): choices made in the selection setting, the
+validator's reward simulated, metrics weighted as the validator draws its challenges."""
+
+import math
+
+import numpy as np
+import pytest
+
+from helpers import planted_cache
+from roadwork_cache.heads.combine import fold_threshold
+from roadwork_cache.inference.run_folder import prob_column, read_run
+from roadwork_cache.stages.train_head import run_train_head
+from roadwork_cache.store.cache import Cache
+from roadwork_cache.training.loop import TrainConfig
+from roadwork_cache.training.metrics import balanced_weights, best_threshold, binary_metrics
+from roadwork_cache.training.prepare import TrainHeadOptions
+from roadwork_cache.training.reward import ACC_WINDOW, expected_reward, simulate_rewards
+from roadwork_cache.training.selection import Selection
+
+HEAD = {
+    "dim": 64,
+    "layers": 1,
+    "heads": 4,
+    "pyramid_dims": [64, 32],
+    "fusion_dim": 64,
+    "classifier_dim": 32,
+    "gate_dim": 32,
+    "dropout": 0.0,
+}
+
+# ---- cuts and weights --------------------------------------------------------------------------
+
+
+def test_best_threshold_never_returns_a_cut_fold_threshold_rejects():
+    # Every score of the positives is 0 and of the negatives 1: no cut in (0, 1) helps, and
+    # the old search returned 1.0, which the fold cannot take.
+    t = best_threshold([1, 0, 1, 0], [0.0, 1.0, 0.0, 1.0])
+    assert 0.0 < t < 1.0
+    fold_threshold([0.0, 1.0], t)  # no error
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 12))
+        y = rng.integers(0, 2, n)
+        p = rng.choice([0.0, 1.0, 0.3, 0.7], n)
+        t = best_threshold(y, p)
+        assert 0.0 < t < 1.0, (y, p, t)
+
+
+def test_weighted_metrics_equal_repeated_rows():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 40)
+    p = rng.random(40)
+    w = rng.integers(1, 4, 40)
+    repeated = binary_metrics(np.repeat(y, w), np.repeat(p, w), 0.4)
+    weighted = binary_metrics(y, p, 0.4, weight=w.astype(float))
+    for key in ("mcc", "accuracy", "precision", "recall", "f1", "auc", "reward"):
+        assert weighted[key] == pytest.approx(repeated[key]), key
+    assert best_threshold(y, p, w) == best_threshold(np.repeat(y, w), np.repeat(p, w))
+
+
+def test_balanced_weights_make_the_classes_weigh_the_same():
+    y = np.array([1] * 8 + [0] * 2)
+    w = balanced_weights(y)
+    assert w[y == 1].sum() == pytest.approx(w[y == 0].sum()) and w.mean() == pytest.approx(1.0)
+    # a model that answers "roadwork" to everything is at chance once the classes are balanced
+    assert binary_metrics(y, np.ones(10), weight=w)["accuracy"] == pytest.approx(0.5)
+
+
+def test_selection_weighs_each_natix_level_the_same():
+    s = Selection.for_variants(["clean", "natix-0", "natix-1", "natix-4", "aug-0", "natix-1+tta-0"])
+    assert s.variants == ("natix-0", "natix-1", "natix-4") and not s.fallback
+    # levels 0 (natix-0 and natix-4) and 1 (natix-1) each weigh one half
+    assert s.weights == pytest.approx((0.25, 0.5, 0.25))
+    assert Selection.for_variants(["clean", "aug-0"]).fallback
+
+
+# ---- the folded cut is the natix one ---------------------------------------------------------
+
+
+def natix_shifted_cache(root, keep=0.35, n=600, dim=32, seed=0, signal=5.0):
+    """planted_cache plus natix-0..3: the clean features with the planted roadwork cue
+    weakened to `keep` of its strength (a challenge blurs and crops the cones), so a head
+    trained on clean scores the challenges' positives lower and wants a lower cut there."""
+    cache, planted, labels = planted_cache(root, n=n, dim=dim, seed=seed, signal=signal)
+    store = Cache.open(cache, mode="a")
+    clean = store.features("clean").astype(np.float32)
+    rng = np.random.default_rng(seed)
+    positives = clean[labels == 1][planted[labels == 1]]
+    u = positives.mean(0) / np.linalg.norm(positives.mean(0))  # the planted direction
+    for k in range(4):
+        name = f"natix-{k}"
+        store.ensure_variant(name)
+        feats = (
+            clean - (1 - keep) * signal * planted[:, :, None] * u + rng.normal(0, 0.2, clean.shape)
+        )
+        for shard in store.shards():
+            store.write_features(name, shard, feats[shard.start : shard.stop])
+    store.finalize()
+    return cache
+
+
+@pytest.fixture(scope="module")
+def natix_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("natix")
+    cache = natix_shifted_cache(root / "cache")
+    opts = TrainHeadOptions(
+        cache=cache,
+        out=root / "run",
+        head=dict(HEAD),
+        variants=["clean"],  # trained on clean: the weakened cue scores lower on natix
+        train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, patience=20, seed=0),
+        device="cpu",
+        progress=False,
+    )
+    return run_train_head(opts), root
+
+
+def test_the_folded_threshold_is_the_best_cut_on_natix_rows(natix_run):
+    _, root = natix_run
+    run = read_run(root / "run")
+    preds = run.predictions
+    val = [i for i, s in enumerate(preds["set"]) if s == "val"]
+    y = np.array([preds["label"][i] for i in val])
+    natix = [
+        np.array([preds[prob_column("head", f"natix-{k}", "none")][i] for i in val])
+        for k in range(4)
+    ]
+    clean = np.array([preds[prob_column("head", "clean", "none")][i] for i in val])
+    setting = Selection.for_variants([f"natix-{k}" for k in range(4)])
+    clean_cut = best_threshold(y, clean, balanced_weights(y))
+    natix_cut = setting.threshold(y, natix)
+    assert abs(clean_cut - natix_cut) > 0.05  # the two settings disagree: the test can fail
+    assert run.threshold == pytest.approx(natix_cut)  # the record's cut is the natix one
+    folded = [fold_threshold(p, run.threshold) for p in natix]
+    at_half = setting.metrics(y, folded, 0.5)["mcc"]
+    best = setting.metrics(y, natix, natix_cut)["mcc"]
+    assert at_half == pytest.approx(best, abs=0.01)
+    # cut where clean says, the challenges would score worse
+    assert setting.metrics(y, natix, clean_cut)["mcc"] < best - 0.01
+
+
+# ---- the validator's reward --------------------------------------------------------------------
+
+
+def test_a_perfect_model_earns_reward_one_in_every_window():
+    y = np.array([0, 1] * 50)
+    rewards = simulate_rewards(y, [y.astype(float)] * 2, [0, 1], windows=300)
+    assert rewards.shape == (300,) and np.all(rewards == 1.0)
+
+
+def test_a_constant_answer_earns_the_reward_of_chance():
+    # "Roadwork" to everything: MCC 0, accuracy = the share of positives among the last 10
+    # answers, whose count is Binomial(10, 1/2) since labels are drawn 50/50.
+    y = np.array([0] * 90 + [1] * 10)  # the data's own balance must not matter
+    rewards = simulate_rewards(y, [np.ones(100)], [0], windows=20000, seed=3)
+    k = np.arange(ACC_WINDOW + 1)
+    pmf = np.array([math.comb(ACC_WINDOW, i) for i in k]) / 2**ACC_WINDOW
+    expected = float((pmf * (0.5 * k / ACC_WINDOW) ** 3).sum())
+    assert rewards.mean() == pytest.approx(expected, rel=0.03)
+
+
+def test_expected_reward_draws_natix_levels_uniformly():
+    y = np.array([0, 1] * 100)
+    good, bad = y.astype(float), 1.0 - y  # level 0 answers right, level 1 wrong
+    both = expected_reward(y, {"natix-0": good, "natix-1": bad})
+    only_good = expected_reward(y, {"natix-0": good, "natix-4": good})
+    assert only_good["mean"] == pytest.approx(1.0) and both["windows"] >= 1000
+    # half the challenges are answered wrong: MCC 0, accuracy about 0.5
+    assert both["mean"] < 0.1 and both["p5"] <= both["mean"]
+    assert expected_reward(np.ones(10), {"clean": np.ones(10)})["mean"] is None
+
+
+# ---- metadata: deployment sends none ---------------------------------------------------------
+
+
+def val_mcc_without_metadata(root, name, leaky, **head) -> float:
+    """Train a head on a cache where daytime is the label; its validation MCC with every
+    metadata field NULL (the selection setting), at its folded cut."""
+    cache = root / "cache"
+    if not cache.exists():
+        planted_cache(cache, signal=3.0, leaky_daytime=True)  # a weak vision cue
+    result = run_train_head(
+        TrainHeadOptions(
+            cache=cache,
+            out=root / name,
+            head={**HEAD, **head},
+            allow_leaky=leaky,
+            train=TrainConfig(epochs=15, batch_size=64, lr=2e-3, patience=15, seed=0),
+            device="cpu",
+            progress=False,
+        )
+    )
+    row = next(
+        r
+        for r in result["metrics"]["rows"]
+        if (r["model"], r["set"], r["variant"], r["metadata"], r["threshold_kind"])
+        == ("head", "val", "clean", "none", "tuned")
+    )
+    return row["mcc"]
+
+
+def test_whole_record_dropout_keeps_the_head_working_without_metadata(tmp_path):
+    # daytime carries the label in training and is absent at validation (no metadata)
+    without = val_mcc_without_metadata(tmp_path, "none", False, meta_fields=[])
+    with_record_dropout = val_mcc_without_metadata(tmp_path, "record", True)
+    only_fields = val_mcc_without_metadata(
+        tmp_path, "fields", True, record_dropout=0.0, field_dropout=0.0
+    )
+    assert with_record_dropout == pytest.approx(without, abs=0.05)
+    # the test can fail: a head that always sees the leaky field leans on it
+    assert only_fields < without - 0.1, (only_fields, without)
+
+
+# ---- the tables carry the linear probes --------------------------------------------------------
+
+
+def test_every_table_carries_both_probes_and_the_tile_probe_sees_the_tiles(natix_run):
+    result, _ = natix_run
+    rows = result["metrics"]["rows"]
+
+    def mcc(model):
+        return next(
+            r["mcc"]
+            for r in rows
+            if (r["model"], r["set"], r["variant"], r["metadata"], r["threshold_kind"])
+            == (model, "test", "clean", "none", "tuned")
+        )
+
+    # the planted signal is in the tiles: 12 views see it, the global view does not
+    assert mcc("probe") > mcc("baseline") + 0.3
+    lead = result["metrics"]["headline"]
+    assert set(lead) == {"head", "probe", "baseline"}
+    assert lead["head"]["variant"] == "natix" and lead["head"]["set"] == "test"
+    assert result["metrics"]["expected_reward"] == lead["head"]["expected_reward"]
+
+
+# ---- split names -------------------------------------------------------------------------------
+
+
+def test_split_names_are_normalised_when_read(tmp_path):
+    from helpers import natix_row, write_shard
+    from roadwork_cache.readers.sources import open_source
+
+    names = ["Test", "TRAINING", "Validation", "holdout", None, "dev"]
+    rows = [natix_row(i, split=name) for i, name in enumerate(names)]
+    write_shard(tmp_path / "data.parquet", rows)
+    got = [s.split for s in open_source(str(tmp_path / "data.parquet")).iter_samples()]
+    assert got == ["test", "train", "val", "holdout", None, "val"]
