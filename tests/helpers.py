@@ -159,10 +159,12 @@ SMALL_HEAD = {
 }
 
 
-def tiny_models(root: Path, view_size: int = 64) -> tuple[Path, Path]:
-    """A train-head run folder and a two-member ensemble folder over the tiny backbone, with
-    seeded untrained heads, written through the format owners (no training: what a loader
-    does must not depend on what the heads learned)."""
+def tiny_models(
+    root: Path, view_size: int = 64, preset: str = "tiny", weights: Path | None = None
+) -> tuple[Path, Path]:
+    """A train-head run folder and a two-member ensemble folder over the tiny backbone (or
+    `preset` with `weights`), with seeded untrained heads, written through the format owners
+    (no training: what a loader does must not depend on what the heads learned)."""
     import torch
 
     from roadwork_cache.backbone.loading import load_backbone
@@ -176,7 +178,7 @@ def tiny_models(root: Path, view_size: int = 64) -> tuple[Path, Path]:
     )
     from roadwork_cache.inference.head_folder import HeadRecord, write_head
 
-    info = load_backbone("tiny", view_size=view_size).info
+    info = load_backbone(preset, weights, view_size=view_size).info
     views = {"layout": "grid3x3-v1", "n_views": 12, "view_size": view_size}
     config = HeadConfig.from_dict({"in_dim": info["feature_dim"], **SMALL_HEAD})
 
