@@ -22,26 +22,30 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import run_cli, shared_real, tiny_models
+from helpers import (
+    FOODS_CANDIDATES,
+    add_foods,
+    run_cli,
+    shared_real,
+    tiny_models,
+    write_transformers,
+)
 from roadwork_cache.backbone import convert
 from roadwork_cache.backbone.loading import read_folder_weights
-from roadwork_cache.backbone.presets import get_preset
 from roadwork_cache.inference.amalgamate import (
     STANDALONE_IMPORTS,
     AmalgamationError,
     Part,
     detector_source,
 )
-from roadwork_cache.inference.bundles import load_bundle
 from roadwork_cache.inference.export import import_detector, predict_bytes
-from roadwork_cache.inference.foods import FoodsSettings, FoodsStats, model_digest, save_stats
 from roadwork_cache.inference.predictor import DEFAULT_TTA, Predictor
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.stages.export import CheckOptions, ExportOptions, run_check, run_export
 from roadwork_cache.stages.predict import PredictOptions, run_predict
 
 HOTKEY = "5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX"
-FOODS_VARIANTS = ("clean", "tta-0", "tta-1", "tta-3", "tta-6")
+FOODS_VARIANTS = FOODS_CANDIDATES
 
 
 def photos() -> list[Path]:
@@ -49,34 +53,6 @@ def photos() -> list[Path]:
     found = sorted(p for p in real.iterdir() if p.suffix.lower() in {".jpg", ".png"})
     assert len(found) == 5, f"expected the 5 real photographs in {real} (or set ROADWORK_SHARED)"
     return found
-
-
-def add_foods(folder: Path, seed: int = 0) -> None:
-    """foods.safetensors for the model in `folder`, fitted on random head-sized embeddings."""
-    bundle = load_bundle(folder)
-    dim = bundle.embed(np.zeros((1, 12, bundle.config["head"]["in_dim"]), np.float32)).shape[1]
-    rng = np.random.default_rng(seed)
-    stats = FoodsStats.fit(
-        rng.normal(size=(64, dim)) * 0.5,
-        variants=list(FOODS_VARIANTS),
-        settings=FoodsSettings(keep=0.6),
-        model_digest=model_digest(bundle.config),
-    )
-    save_stats(folder / "foods.safetensors", stats)
-
-
-def write_transformers(folder: Path, seed: int, preset: str = "vits16") -> Path:
-    """A random DINOv3 of the preset's shape, saved as transformers saves it; layer scales of
-    1 so that its features depend on the image."""
-    from transformers import DINOv3ViTModel
-
-    config = get_preset(preset).hf_config()
-    config.layerscale_value = 1.0
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = DINOv3ViTModel(config).eval()
-    model.save_pretrained(folder)
-    return folder
 
 
 @dataclass
