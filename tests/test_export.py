@@ -394,7 +394,7 @@ def test_export_command_writes_a_complete_repository(tiny, tmp_path, monkeypatch
     assert run_cli(monkeypatch, "export", *args, "--version", "2.1.0") == 0
     names = sorted(p.name for p in out.iterdir())
     expected = ["backbone.safetensors", "config.json", "detector.py", "heads.safetensors"]
-    assert names == sorted([*expected, "README.md", "model_card.json"])
+    assert names == sorted([*expected, "README.md", "model_card.json", "miner"])
     config = json.loads((out / "config.json").read_text())
     assert config["tta"]["enabled"] and config["tta"]["combine"] == "foods"
     assert config["tta"]["variants"] == list(FOODS_VARIANTS) and config["threshold"] == 0.4
@@ -410,3 +410,80 @@ def test_export_command_writes_a_complete_repository(tiny, tmp_path, monkeypatch
     assert abs(detector(Image.open(data)) - want) < 1e-5
     assert abs(detector(data.getvalue()) - want) < 1e-5
     assert run_cli(monkeypatch, "export", "--out", out) == 2
+
+
+# A stand-in for the subnet's base_miner package, written from its documented contract (the
+# registry's register_module / [name], and FeatureDetector: the device kept only when it is
+# the string "cuda", the YAML's keys set as attributes, then load_model()).
+REGISTRY_STUB = """
+class Registry:
+    def __init__(self):
+        self.data = {}
+
+    def register_module(self, module_name=None):
+        def register(cls):
+            self.data[module_name or cls.__name__] = cls
+            return cls
+        return register
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+
+DETECTOR_REGISTRY = Registry()
+"""
+FEATURE_DETECTOR_STUB = """
+from pathlib import Path
+
+import torch
+import yaml
+
+
+class FeatureDetector:
+    def __init__(self, model_name, config_name=None, device="cpu"):
+        self.model_name = model_name
+        cuda = device == "cuda" and torch.cuda.is_available()
+        self.device = torch.device("cuda" if cuda else "cpu")
+        if config_name:
+            path = Path(__file__).parent / "configs" / config_name
+            for key, value in yaml.safe_load(path.read_text()).items():
+                setattr(self, key, value)
+        self.load_model()
+"""
+
+
+def test_the_miner_files_register_the_detector_in_a_subnet_like_miner(tiny, tmp_path):
+    out = export(
+        tiny.ensemble, tmp_path / "out", verify=False, hf_repo="me/roadwork", **tiny.opts()
+    )
+    assert "hf_repo: 'me/roadwork'" in (out / "miner" / "roadwork_dinov3.yaml").read_text()
+    subnet = tmp_path / "subnet"
+    detectors = subnet / "base_miner" / "detectors"
+    (detectors / "configs").mkdir(parents=True)
+    (subnet / "base_miner" / "__init__.py").write_text("")
+    (subnet / "base_miner" / "registry.py").write_text(REGISTRY_STUB)
+    (detectors / "feature_detector.py").write_text(FEATURE_DETECTOR_STUB)
+    shutil.copy(out / "miner" / "roadwork_dinov3_detector.py", detectors)
+    (detectors / "__init__.py").write_text(
+        "from .feature_detector import FeatureDetector\n"
+        "from .roadwork_dinov3_detector import RoadworkDinoV3Detector\n"
+    )
+    config = (out / "miner" / "roadwork_dinov3.yaml").read_text()
+    config = config.replace("me/roadwork", str(out))  # a local folder instead of the hub
+    (detectors / "configs" / "roadwork_dinov3.yaml").write_text(config)
+    sys.path.insert(0, str(subnet))
+    try:
+        import base_miner.detectors  # noqa: F401  (registers the class, as the miner does)
+        from base_miner.registry import DETECTOR_REGISTRY
+
+        detector = DETECTOR_REGISTRY["ROADWORK_DINOV3"](
+            config_name="roadwork_dinov3.yaml", device=torch.device("cpu")
+        )
+        data = photos()[2].read_bytes()
+        got = detector(Image.open(io.BytesIO(data)))  # as neurons/miner.py hands it over
+    finally:
+        sys.path.remove(str(subnet))
+        for name in [n for n in sys.modules if n.split(".")[0] == "base_miner"]:
+            del sys.modules[name]
+    want = predict_answers(tiny.ensemble, [photos()[2]], **tiny.opts())[0]
+    assert abs(got - want) < 1e-5

@@ -153,6 +153,13 @@ def export(
         str | None,
         typer.Option(help="model_card.json submitted_by: the miner's hotkey (ss58 address)."),
     ] = None,
+    hf_repo: Annotated[
+        str | None,
+        typer.Option(
+            help="The Hugging Face repository you will upload to (user/name): written into the "
+            "miner's YAML (miner/roadwork_dinov3.yaml)."
+        ),
+    ] = None,
     device: Device = "auto",
     verify: Annotated[
         bool,
@@ -212,6 +219,7 @@ def export(
             description=description,
             version=version,
             hotkey=hotkey,
+            hf_repo=hf_repo,
             device=device,
             verify=verify,
             force=force,

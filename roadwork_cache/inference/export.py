@@ -173,10 +173,11 @@ def write_export(
     card: dict[str, Any],
     readme: str,
     force: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> ExportConfig:
     """Write the folder (built beside it, then moved into place); returns the config with
-    every file's sha256. An existing folder is replaced only with `force`, and only when it
-    is empty or an earlier export."""
+    every file's sha256. `extra`: more text files (relative path -> text). An existing folder
+    is replaced only with `force`, and only when it is empty or an earlier export."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         earlier = (out / EXPORT_CONFIG).is_file() and (read_json(out / EXPORT_CONFIG) or {}).get(
@@ -216,6 +217,9 @@ def write_export(
         write_json(partial / EXPORT_CONFIG, config.to_dict())
         write_json(partial / MODEL_CARD_JSON, card)
         (partial / MODEL_CARD).write_text(readme)
+        for name, text in (extra or {}).items():  # the miner's files: not run by the detector
+            (partial / name).parent.mkdir(parents=True, exist_ok=True)
+            (partial / name).write_text(text)
         if out.exists():
             shutil.rmtree(out)
         partial.rename(out)

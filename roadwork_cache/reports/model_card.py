@@ -212,6 +212,15 @@ def model_card(
         "sha256 |",
         "| `detector.py` | `RoadworkDetector` |",
         "| `model_card.json` | the subnet's model card |",
+        "| `miner/` | the miner's detector class and YAML (below) |",
+        "",
+        "## In a StreetVision miner",
+        "",
+        "Copy `miner/roadwork_dinov3_detector.py` into the subnet's `base_miner/detectors/` "
+        "and import it in that folder's `__init__.py`; copy `miner/roadwork_dinov3.yaml` into "
+        "`base_miner/detectors/configs/` with `hf_repo` naming this repository; set "
+        "`IMAGE_DETECTOR=ROADWORK_DINOV3`, `IMAGE_DETECTOR_CONFIG=roadwork_dinov3.yaml` and "
+        "`IMAGE_DETECTOR_DEVICE=cuda` in `miner.env`.",
         "",
         "## License",
         "",

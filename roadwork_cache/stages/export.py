@@ -1,5 +1,6 @@
-"""`roadwork export`: a trained model in, a complete Hugging Face model repository out; and
-`roadwork export --check DIR`, which loads such a folder back the way a miner does.
+"""`roadwork export`: a trained model in, a complete Hugging Face model repository out (with
+the miner's detector class and YAML under miner/); and `roadwork export --check DIR`, which
+loads such a folder back the way a miner does.
 
 Export, top to bottom: load the model with the backbone its cache was made with (other
 weights are refused in one sentence, as `predict` refuses them) and its TTA plan; plan the
@@ -40,6 +41,13 @@ from roadwork_cache.inference.export_format import (
     read_export_config,
     verify_files,
 )
+from roadwork_cache.inference.miner_files import (
+    DETECTOR_TEMPLATE,
+    MINER_CONFIG,
+    MINER_DETECTOR,
+    MINER_FOLDER,
+    miner_config,
+)
 from roadwork_cache.inference.predictor import Predictor
 from roadwork_cache.inference.run_folder import METRICS_FILE as RUN_METRICS
 from roadwork_cache.reports.model_card import model_card
@@ -62,6 +70,7 @@ class ExportOptions:
     description: str | None = None
     version: str = "1.0.0"
     hotkey: str | None = None
+    hf_repo: str | None = None  # written into the miner's YAML
     device: str = "auto"  # where the model is loaded to be verified
     verify: bool = True
     force: bool = False
@@ -129,7 +138,11 @@ def run_export(opts: ExportOptions) -> ExportSummary:
 
     metrics = model_metrics(Path(opts.model))
     readme = model_card(config, card, predictor.bundle.config, metrics)
-    config = write_export(opts.out, predictor, config, card, readme, opts.force)
+    miner = {
+        f"{MINER_FOLDER}/{MINER_DETECTOR}": DETECTOR_TEMPLATE,
+        f"{MINER_FOLDER}/{MINER_CONFIG}": miner_config(opts.hf_repo),
+    }
+    config = write_export(opts.out, predictor, config, card, readme, opts.force, miner)
 
     max_diff = verify_export(opts.out, predictor, opts.tta) if opts.verify else None
     return ExportSummary(
