@@ -164,7 +164,8 @@ def export(
     verify: Annotated[
         bool,
         typer.Option(
-            help="Load the written detector.py and compare it with `predict` on sample images."
+            help="Load the written detector.py and compare it with `predict` on two sample "
+            "challenges (on a CPU, minutes for a large backbone)."
         ),
     ] = True,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
