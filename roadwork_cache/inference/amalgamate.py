@@ -246,15 +246,18 @@ class _Builder:
                 )
 
     def render(self) -> str:
-        def key(statement: str) -> tuple[bool, str]:
-            module = statement.split()[1].split(".")[0]
-            return (module not in sys.stdlib_module_names, statement)
+        def key(statement: str) -> tuple[bool, bool, str, str]:  # stdlib, then `import` first
+            module = statement.split()[1]
+            third_party = module.split(".")[0] not in sys.stdlib_module_names
+            return (third_party, statement.startswith("from "), module, statement)
 
         header = HEADER.format(
             version=__version__, parts="\n".join(_describe(c.part) for c in self.chunks)
         )
         out = [header, "from __future__ import annotations", ""]
-        out += sorted(self.imports, key=key)
+        ordered = sorted(self.imports, key=key)
+        stdlib = [s for s in ordered if not key(s)[0]]
+        out += [*stdlib, "", *ordered[len(stdlib) :]]
         out += ["", "", PRELUDE.strip("\n")]
         for chunk in self.chunks:
             out += ["", "", f"# ---- {_describe(chunk.part).strip()} " + "-" * 8, "", chunk.text]
