@@ -164,10 +164,12 @@ SMALL_HEAD = {
 }
 
 
-def tiny_models(root: Path, view_size: int = 64) -> tuple[Path, Path]:
-    """A train-head run folder and a two-member ensemble folder over the tiny backbone, with
-    seeded untrained heads, written through the format owners (no training: what a loader
-    does must not depend on what the heads learned)."""
+def tiny_models(
+    root: Path, view_size: int = 64, preset: str = "tiny", weights: Path | None = None
+) -> tuple[Path, Path]:
+    """A train-head run folder and a two-member ensemble folder over the tiny backbone (or
+    `preset` with `weights`), with seeded untrained heads, written through the format owners
+    (no training: what a loader does must not depend on what the heads learned)."""
     import torch
 
     from roadwork_cache.backbone.loading import load_backbone
@@ -181,7 +183,7 @@ def tiny_models(root: Path, view_size: int = 64) -> tuple[Path, Path]:
     )
     from roadwork_cache.inference.head_folder import HeadRecord, write_head
 
-    info = load_backbone("tiny", view_size=view_size).info
+    info = load_backbone(preset, weights, view_size=view_size).info
     views = {"layout": "grid3x3-v1", "n_views": 12, "view_size": view_size}
     config = HeadConfig.from_dict({"in_dim": info["feature_dim"], **SMALL_HEAD})
 
@@ -227,3 +229,42 @@ def tiny_models(root: Path, view_size: int = 64) -> tuple[Path, Path]:
     )
     write_manifest(ensemble, manifest, {"method": "mean"})
     return run, ensemble
+
+
+FOODS_CANDIDATES = ("clean", "tta-0", "tta-1", "tta-3", "tta-6")
+
+
+def add_foods(folder: Path, seed: int = 0) -> None:
+    """foods.safetensors for the model in `folder`, fitted on random head-sized embeddings."""
+    import numpy as np
+
+    from roadwork_cache.inference.bundles import load_bundle
+    from roadwork_cache.inference.foods import FoodsSettings, FoodsStats, model_digest, save_stats
+
+    bundle = load_bundle(folder)
+    dim = bundle.embed(np.zeros((1, 12, bundle.config["head"]["in_dim"]), np.float32)).shape[1]
+    rng = np.random.default_rng(seed)
+    stats = FoodsStats.fit(
+        rng.normal(size=(64, dim)) * 0.5,
+        variants=list(FOODS_CANDIDATES),
+        settings=FoodsSettings(keep=0.6),
+        model_digest=model_digest(bundle.config),
+    )
+    save_stats(folder / "foods.safetensors", stats)
+
+
+def write_transformers(folder: Path, seed: int, preset: str = "vits16") -> Path:
+    """A random DINOv3 of the preset's shape, saved as transformers saves it; layer scales of
+    1 so that its features depend on the image."""
+    import torch
+    from transformers import DINOv3ViTModel
+
+    from roadwork_cache.backbone.presets import get_preset
+
+    config = get_preset(preset).hf_config()
+    config.layerscale_value = 1.0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = DINOv3ViTModel(config).eval()
+    model.save_pretrained(folder)
+    return folder

@@ -54,14 +54,18 @@ def timm_model(preset: Preset, view_size: int, **kwargs: Any) -> nn.Module:
     """timm's DINOv3 of the preset's shape, giving the CLS token after the final norm."""
     import timm
 
-    return timm.create_model(
-        preset.timm_name,
-        pretrained=False,
-        num_classes=0,
-        global_pool="token",
-        img_size=view_size,
-        **{**preset.timm_kwargs, **kwargs},
-    )
+    args = {
+        "model_name": preset.timm_name,
+        "num_classes": 0,
+        "global_pool": "token",
+        "img_size": view_size,
+        **preset.timm_kwargs,
+        **kwargs,
+    }
+    model = timm.create_model(pretrained=False, **args)
+    # What built it: an exported model rebuilds the same architecture (inference/export).
+    model.timm_create_args = args
+    return model
 
 
 def random_model(preset: Preset, view_size: int | None = None) -> nn.Module:

@@ -23,6 +23,7 @@ app.command("report")(stage_two.report)
 app.command("ensemble")(stage_two.ensemble)
 app.command("tta")(stage_two.tta)
 app.command("predict")(deploy.predict)
+app.command("export")(deploy.export)
 app.command("demo")(deploy.demo)
 
 

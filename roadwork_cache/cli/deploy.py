@@ -1,4 +1,4 @@
-"""Deployment's commands: `predict` and `demo`."""
+"""Deployment's commands: `predict`, `export` and `demo`."""
 
 from __future__ import annotations
 
@@ -103,6 +103,132 @@ def predict(
     if failed:
         console.print(f"{failed} of {len(answers)} image(s) could not be read")
         raise typer.Exit(1)
+
+
+def export(
+    model: Annotated[
+        Path | None, typer.Option(help="A `train-head` run folder or an `ensemble` folder.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The folder to write: a complete Hugging Face model repository."),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone weights (transformers folder or .pth / .safetensors file), converted "
+            "to timm's layout; default: the file the model's cache was made with, if it is on "
+            "this machine. Not needed for tiny."
+        ),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Backbone preset (default: the one recorded by the model's cache)."),
+    ] = None,
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="The detector's default (off unless given): score the TTA variants too (FOODS "
+            "when the model folder holds foods.safetensors, else their mean); slower. A miner "
+            "can override it with RoadworkDetector(tta=...). With --check: on or off for the "
+            "timing (default: the export's default).",
+        ),
+    ] = None,
+    tta_variants: Annotated[
+        str | None,
+        typer.Option(
+            help="TTA variants, e.g. 'clean,tta:4' (default: those FOODS was fitted on, else "
+            "clean,tta:8)."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="model_card.json model_name (default: from the model).")
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option(help="model_card.json description (default: what it is).")
+    ] = None,
+    version: Annotated[str, typer.Option(help="model_card.json version, X.Y.Z.")] = "1.0.0",
+    hotkey: Annotated[
+        str | None,
+        typer.Option(help="model_card.json submitted_by: the miner's hotkey (ss58 address)."),
+    ] = None,
+    hf_repo: Annotated[
+        str | None,
+        typer.Option(
+            help="The Hugging Face repository you will upload to (user/name): written into the "
+            "miner's YAML (miner/roadwork_dinov3.yaml)."
+        ),
+    ] = None,
+    device: Device = "auto",
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Load the written detector.py and compare it with `predict` on two sample "
+            "challenges (on a CPU, minutes for a large backbone)."
+        ),
+    ] = True,
+    force: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            help="Check an exported folder instead: verify its files, load detector.py, time it "
+            "on challenge-like images and print p50 / p95 latency, device and dtype."
+        ),
+    ] = None,
+    runs: Annotated[int, typer.Option(help="--check: timed images.")] = 20,
+    max_variants: Annotated[
+        int | None, typer.Option(help="--check: keep the first N TTA variants.")
+    ] = None,
+) -> None:
+    """Write a model as a folder a StreetVision miner publishes on Hugging Face.
+
+    The folder holds the backbone in timm's layout (converted from the transformers or Meta
+    format given), the heads, one config.json (architecture, combination, folded threshold,
+    TTA and FOODS settings, view layout, sha256 of every file), model_card.json with the
+    subnet's fields, a README model card and detector.py: a `RoadworkDetector` that needs only
+    torch, timm, safetensors, numpy and pillow, and answers what `roadwork predict` answers.
+    With `--check DIR`, load such a folder and time it.
+    """
+    from rich.console import Console
+
+    from roadwork_cache.runtime.errors import UserError
+    from roadwork_cache.runtime.progress import console
+
+    if check is not None:
+        from roadwork_cache.reports.tables import check_table
+        from roadwork_cache.stages.export import CheckOptions, run_check
+
+        summary = run_check(CheckOptions(check, runs, device, tta, max_variants))
+        Console().print(check_table(summary))
+        return
+    if model is None or out is None:
+        raise UserError("export needs --model and --out (or --check DIR to check an export)")
+    from roadwork_cache.reports.tables import export_table
+    from roadwork_cache.stages.export import ExportOptions, run_export
+    from roadwork_cache.views.variants import parse_variants
+
+    summary = run_export(
+        ExportOptions(
+            model=model,
+            out=out,
+            weights=weights,
+            backbone=backbone,
+            tta=bool(tta),
+            tta_variants=parse_variants(tta_variants) if tta_variants else None,
+            name=name,
+            description=description,
+            version=version,
+            hotkey=hotkey,
+            hf_repo=hf_repo,
+            device=device,
+            verify=verify,
+            force=force,
+        )
+    )
+    for note in summary.notes:
+        console.print(f"note: {note}")
+    Console().print(export_table(summary))
 
 
 def demo(

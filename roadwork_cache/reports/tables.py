@@ -253,3 +253,97 @@ def cache_info_table(info: dict[str, Any]) -> Table:
     table.add_row("source", str(info.get("source")))
     table.add_row("created", f"{info.get('created')} by roadwork-cache {info.get('tool_version')}")
     return table
+
+
+@dataclass
+class ExportSummary:
+    out: Path
+    config: Any  # inference.export_format.ExportConfig
+    card: dict[str, Any]
+    sizes: dict[str, int]  # file -> bytes
+    max_diff: float | None  # detector.py against the predict path; None: not verified
+    has_metrics: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def export_table(summary: ExportSummary) -> Table:
+    c = summary.config
+    table = Table(title=f"export: {summary.out} (a Hugging Face model repository)")
+    table.add_column("what")
+    table.add_column("value")
+    b = c.backbone
+    table.add_row(
+        "backbone",
+        f"{b.get('preset')} from {b.get('format')} weights -> timm {b['timm'].get('model_name')}, "
+        f"{b['feature_dim']}-d {b['pool']}, views {c.views['view_size']} px",
+    )
+    heads = f"{len(c.heads)} head(s)"
+    if c.kind == "ensemble":
+        heads += f" in {len(c.members or [])} members, {c.combination.get('method')} combination"
+    table.add_row("model", f"{c.kind}: {heads}; threshold {c.threshold:.4f} folded (0.5 cuts)")
+    tta = c.tta
+    table.add_row(
+        "TTA",
+        f"{'on' if tta.get('enabled') else 'off'} by default; {len(tta['variants'])} variants, "
+        + ("FOODS" if tta["combine"] == "foods" else "mean"),
+    )
+    for name, size in summary.sizes.items():
+        table.add_row(f"  {name}", f"{_megabytes(size)}  sha256 {c.files[name][:12]}")
+    for key in ("model_name", "version", "submitted_by"):
+        value = summary.card.get(key) or "[yellow](empty: set --hotkey before uploading)"
+        table.add_row(f"model_card {key}", str(value))
+    table.add_row(
+        "README metrics", "from metrics.json" if summary.has_metrics else "[yellow]none recorded"
+    )
+    table.add_row(
+        "detector.py vs predict",
+        "not verified (--no-verify)"
+        if summary.max_diff is None
+        else f"max |difference| {summary.max_diff:.1e} on sample challenges",
+    )
+    if b.get("random_init"):
+        table.add_row("[yellow]backbone", "[yellow]random weights (tiny preset): tests only")
+    table.add_row("next", f"roadwork export --check {summary.out}")
+    return table
+
+
+@dataclass
+class CheckSummary:
+    folder: Path
+    card: dict[str, Any]
+    describe: dict[str, Any]  # the detector's device, dtype, variants, combine, heads
+    runs: int
+    p50_ms: float
+    p95_ms: float
+    probabilities: tuple[float, float]
+    within_timeout: bool
+    versions: dict[str, str]
+
+
+def check_table(summary: CheckSummary) -> Table:
+    d = summary.describe
+    table = Table(title=f"export --check: {summary.folder}")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("files", "all present, sha256 as recorded")
+    table.add_row("model card", f"{summary.card.get('model_name')} {summary.card.get('version')}")
+    device = d["device"] + (f" ({d['gpu']})" if d.get("gpu") else "")
+    table.add_row("device", device)
+    table.add_row("dtype", d["dtype"])
+    table.add_row("model", f"{d['kind']}, {d['heads']} head(s)")
+    table.add_row("variants", f"{len(d['variants'])} ({', '.join(d['variants'])}), {d['combine']}")
+    table.add_row(
+        "latency", f"p50 {summary.p50_ms:.1f} ms, p95 {summary.p95_ms:.1f} ms ({summary.runs} runs)"
+    )
+    lo, hi = summary.probabilities
+    table.add_row("probabilities", f"{lo:.4f} .. {hi:.4f} on 224 px challenge-like JPEGs")
+    table.add_row(
+        "subnet's 9 s limit",
+        "every run within it" if summary.within_timeout else "[red]exceeded: turn TTA off",
+    )
+    table.add_row("versions", ", ".join(f"{k} {v}" for k, v in summary.versions.items()))
+    return table
