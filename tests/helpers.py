@@ -167,7 +167,8 @@ SMALL_HEAD = {
 def tiny_models(
     root: Path, view_size: int = 64, preset: str = "tiny", weights: Path | None = None
 ) -> tuple[Path, Path]:
-    """A train-head run folder and a two-member ensemble folder over the tiny backbone (or
+    """A train-head run folder and a three-member ensemble folder (two heads and a linear
+    probe) over the tiny backbone (or
     `preset` with `weights`), with seeded untrained heads, written through the format owners
     (no training: what a loader does must not depend on what the heads learned)."""
     import torch
@@ -216,10 +217,35 @@ def tiny_models(
             ),
         )
         members.append(MemberEntry(name, [rel]))
+    # and a linear probe member (12 views concatenated), with seeded random weights
+    from roadwork_cache.heads.probe import LinearProbe, ProbeConfig
+
+    probe = LinearProbe(ProbeConfig(in_dim=info["feature_dim"]))
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(20)
+        probe.weight.normal_(0, 0.05)
+        probe.mean.normal_(0, 0.1)
+    rel = fold_folder("p", 1)
+    write_head(
+        ensemble / rel,
+        probe,
+        HeadRecord(
+            kind="ensemble-member",
+            architecture="probe",
+            head=probe.config.to_dict(),
+            backbone=info,
+            views=views,
+            cache=str(root / "cache"),
+            member="p",
+            fold=1,
+            logit_norm=LogitNorm(0.0, 1.5).to_dict(),
+        ),
+    )
+    members.append(MemberEntry("p", [rel]))
     manifest = EnsembleManifest(
         members=members,
         method="mean",
-        combination=Combination("mean", ["a", "b"], [0.5, 0.5]).to_dict(),
+        combination=Combination("mean", ["a", "b", "p"], [1 / 3, 1 / 3, 1 / 3]).to_dict(),
         calibration=Calibration(1.3, 0.45).to_dict(),
         cache=str(root / "cache"),
         backbone=info,

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from roadwork_cache.heads.probe import LinearProbe
 from roadwork_cache.inference.amalgamate import detector_source
 from roadwork_cache.inference.bundles import EnsembleBundle, HeadBundle
 from roadwork_cache.inference.export_format import (
@@ -89,7 +90,12 @@ def _heads(predictor: Predictor) -> tuple[list[torch.nn.Module], dict[str, Any]]
             indices.append(len(heads))
             heads.append(head)
             entries.append(
-                {"config": head.config.to_dict(), "logit_norm": norm.to_dict(), "source": name}
+                {
+                    "config": head.config.to_dict(),
+                    "architecture": "probe" if isinstance(head, LinearProbe) else "head",
+                    "logit_norm": norm.to_dict(),
+                    "source": name,
+                }
             )
         members.append({"name": name, "heads": indices})
     return heads, {

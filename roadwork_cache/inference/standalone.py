@@ -34,6 +34,7 @@ from roadwork_cache.backbone.presets import IMAGENET_MEAN, IMAGENET_STD
 from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm, fold_threshold
 from roadwork_cache.heads.config import HeadConfig
 from roadwork_cache.heads.head import RoadworkHead
+from roadwork_cache.heads.probe import LinearProbe, ProbeConfig
 from roadwork_cache.inference.export_format import (
     BACKBONE_WEIGHTS,
     EXPORT_CONFIG,
@@ -159,7 +160,10 @@ class StandaloneDetector:
         heads = []
         for i, entry in enumerate(self.config.heads):
             prefix = f"heads.{i}."
-            head = RoadworkHead(HeadConfig.from_dict(entry["config"]))
+            if entry.get("architecture", "head") == "probe":
+                head = LinearProbe(ProbeConfig.from_dict(entry["config"]))
+            else:
+                head = RoadworkHead(HeadConfig.from_dict(entry["config"]))
             state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             load_strict(head, state, f"head {i} in {HEAD_WEIGHTS}")
             heads.append(head.eval().requires_grad_(False).to(self.device))
@@ -231,7 +235,9 @@ class StandaloneDetector:
             with self._autocast():
                 out = head(feats, None)
             outs.append((out.logits.float(), out.embedding.float()))
-        embedding = outs[0][1].cpu().numpy()  # one fixed embedding space is all FOODS needs
+        # One fixed embedding space is all FOODS needs: the first head's (a probe has none).
+        first = next((i for i, h in enumerate(self.heads) if isinstance(h, RoadworkHead)), 0)
+        embedding = outs[first][1].cpu().numpy()
         c = self.config
         if c.kind == "train-head":
             prob = torch.softmax(outs[0][0], dim=-1)[:, 1].cpu().numpy()
