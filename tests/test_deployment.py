@@ -246,3 +246,107 @@ def test_split_names_are_normalised_when_read(tmp_path):
     write_shard(tmp_path / "data.parquet", rows)
     got = [s.split for s in open_source(str(tmp_path / "data.parquet")).iter_samples()]
     assert got == ["test", "train", "val", "holdout", None, "val"]
+
+
+# ---- TTA of challenges -------------------------------------------------------------------------
+
+
+def test_a_cached_challenge_tta_feature_is_what_predict_computes_from_that_challenge(tmp_path):
+    """natix-L+tta-K in the cache = predict's TTA path on the 224 px JPEG of natix-L. The
+    source image is large, so a challenge rendered from the draft decode would differ; the
+    backbone's layer scales are 1, so its features depend on the image."""
+    import io
+
+    import torch
+    from PIL import Image, ImageDraw
+
+    from helpers import natix_row, run_cli, write_shard
+    from roadwork_cache.backbone.loading import load_backbone
+    from roadwork_cache.readers.images import MAX_PIXELS, decode_image
+    from roadwork_cache.views.batching import draft_side, image_views
+    from roadwork_cache.views.challenge import challenge_jpeg, natix_params
+    from roadwork_cache.views.variants import rng_for
+
+    # 2 px stripes and small discs: a 1/8 draft decode blurs them away
+    big = Image.new("RGB", (2400, 1800), (128, 128, 128))
+    draw = ImageDraw.Draw(big)
+    rng = np.random.default_rng(0)
+    for x in range(0, 2400, 6):
+        draw.line([(x, 0), (x, 1800)], fill=(255, 255, 255) if (x // 6) % 2 else (0, 0, 0), width=2)
+    for _ in range(200):
+        x, y = rng.integers(0, 2400), rng.integers(0, 1800)
+        draw.ellipse([x, y, x + 40, y + 40], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    write_shard(
+        tmp_path / "train-00000-of-00001.parquet",
+        [
+            natix_row(
+                i, image={"bytes": buf.getvalue(), "path": f"{i}.jpg"}, width=2400, height=1800
+            )
+            for i in range(2)
+        ],
+    )
+    cache = tmp_path / "cache"
+    code = run_cli(
+        pytest.MonkeyPatch(),
+        "extract",
+        str(tmp_path),
+        "--cache",
+        str(cache),
+        "--view-size",
+        "64",
+        "--variants",
+        "natix:2,natix:2+tta:2",
+        "--no-text",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert code == 0
+    store = Cache.open(cache)
+    backbone = load_backbone("tiny", view_size=64)
+    for row, sample_id in enumerate(("0", "1")):
+        full = decode_image(buf.getvalue())
+        for level, k in ((1, 0), (1, 1), (0, 1)):
+            params = natix_params(level, *full.size, rng_for(sample_id, f"natix-{level}"))
+            received = decode_image(challenge_jpeg(full, params), MAX_PIXELS, draft_side(64))
+            views = torch.from_numpy(image_views(received, ("clean", f"tta-{k}"), 64))
+            feats = backbone(views.reshape(-1, 64, 64, 3)).half().float().view(2, 12, -1)
+            cached = store.features(f"natix-{level}+tta-{k}")[row].astype(np.float32)
+            np.testing.assert_allclose(feats[1].numpy(), cached, atol=2e-3, rtol=2e-3)
+            plain = store.features(f"natix-{level}")[row].astype(np.float32)
+            np.testing.assert_allclose(feats[0].numpy(), plain, atol=2e-3, rtol=2e-3)
+
+
+def test_challenges_and_tta_are_rendered_from_the_full_resolution_decode():
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from roadwork_cache.readers.images import decode_image
+    from roadwork_cache.readers.schema import Sample
+    from roadwork_cache.views.batching import ViewDataset, image_views
+    from roadwork_cache.views.variants import apply_variant
+
+    big = Image.new("RGB", (2400, 1800), (128, 128, 128))
+    draw = ImageDraw.Draw(big)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        x, y = rng.integers(0, 2400), rng.integers(0, 1800)
+        draw.ellipse([x, y, x + 30, y + 30], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    sample = Sample(id="7", image_bytes=buf.getvalue(), source="test")
+    views = ViewDataset([sample], 64, ["natix-1", "natix-1+tta-2", "tta-3", "clean"])
+    full = decode_image(buf.getvalue())
+    draft = decode_image(buf.getvalue(), draft_side=views.draft_side)
+    assert draft.size[0] < full.size[0] / 4  # the draft decode is much smaller here
+    for i, name in enumerate(views.variants):
+        got = views[i].views
+        source = draft if name == "clean" else full  # clean keeps the cheap draft decode
+        want = image_views(apply_variant(source, name, "7"), ("clean",), 64)[0]
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        if name.startswith("natix"):  # a challenge rendered from the draft would differ
+            other = image_views(apply_variant(draft, name, "7"), ("clean",), 64)[0]
+            assert np.abs(got.astype(int) - other.astype(int)).mean() > 1.0, name
