@@ -89,6 +89,14 @@ def extract(
             help="'cls' (CLS token after the final norm) or 'cls+mean' (adds the patch mean)."
         ),
     ] = "cls",
+    normalisation: Annotated[
+        str,
+        typer.Option(
+            help="Pixel statistics of the weights: 'lvd' (ImageNet's, for the LVD-1689M "
+            "weights) or 'sat' (mean 0.430, 0.411, 0.296 and std 0.213, 0.156, 0.143, for "
+            "the SAT-493M satellite weights). Recorded in the cache; predict follows it."
+        ),
+    ] = "lvd",
     batch_size: Annotated[int, typer.Option(help="Images per forward (x12 views).")] = 8,
     workers: Annotated[
         int | None,
@@ -143,6 +151,7 @@ def extract(
         manifest=manifest,
         view_size=view_size,
         pool=pool,
+        normalisation=normalisation,
         batch_size=batch_size,
         workers=workers,
         device=device,
