@@ -81,12 +81,13 @@ def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> di
 
 def check_resumable(cache: Cache, backbone: FrozenBackbone, n_rows: int) -> None:
     """A resumed cache must have been started with the same backbone and the same rows."""
-    have = {"normalisation": "lvd", **cache.meta.backbone}  # older caches: ImageNet's
+    have = cache.meta
+    recorded = {"normalisation": "lvd", **have.backbone}  # older caches: ImageNet's
     mine = backbone.info
     for key in ("preset", "pool", "view_size", "normalisation", "state_sha256"):
-        if have.get(key) != mine.get(key):
+        if recorded.get(key) != mine.get(key):
             raise UserError(
-                f"cache {cache.root} was made with backbone {key} = {have.get(key)}, "
+                f"cache {cache.root} was made with backbone {key} = {recorded.get(key)}, "
                 f"not {mine.get(key)}; use a new --cache folder"
             )
     if have.n_rows != n_rows:

@@ -22,6 +22,7 @@ from roadwork_cache.inference.predictor import Answer, Predictor
 from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
 from roadwork_cache.runtime.devices import default_workers
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.processes import worker_init_fn
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.views.batching import DecodedItem, collate, draft_side, image_views
 
@@ -139,6 +140,7 @@ def run_predict(
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
+        worker_init_fn=worker_init_fn() if workers else None,  # die with the run
     )
     with progress_bar(disable=not opts.progress) as bar:
         task = bar.add_task("predict", total=len(todo), rate="")
