@@ -401,7 +401,7 @@ def write_outputs_manifest(
         calibration_rows=deploy.calibration_set,
         deployed=deploy.kind,
         reason=deploy.reason,
-        folds=opts.folds,
+        folds=len(p.folds),  # fewer than asked on small data (training.splits)
         seed=opts.seed,
         target=p.target.name if p.target else None,
         dora=dora.info if dora else None,

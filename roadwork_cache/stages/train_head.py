@@ -43,7 +43,7 @@ from roadwork_cache.training.prepare import (
     sampling_weights,
     train_variants,
 )
-from roadwork_cache.training.splits import grouped_split
+from roadwork_cache.training.splits import choose_split
 
 
 def evaluate(
@@ -112,13 +112,14 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
 
     pool, test_idx = labelled_rows(data)
     split = data.split_names()
-    tr, va = grouped_split(
+    chosen = choose_split(
         data.labels[pool], data.groups()[pool], opts.val_fraction, opts.train.seed, split[pool]
     )
-    train_idx, val_idx = pool[tr], pool[va]
+    train_idx, val_idx = pool[chosen.train], pool[chosen.val]
     console.print(
-        f"rows: {len(train_idx)} train, {len(val_idx)} validation (grouped by video),"
-        f" {len(test_idx)} test; variants for training: {', '.join(variants)}"
+        f"rows: {len(train_idx)} train, {len(val_idx)} validation (grouped by video"
+        + (f"; {chosen.note}" if chosen.note else "")
+        + f"), {len(test_idx)} test; variants for training: {', '.join(variants)}"
     )
 
     audits, leaky = audit_leakage(data, train_idx, opts)

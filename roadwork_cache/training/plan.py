@@ -29,7 +29,7 @@ from roadwork_cache.training.prepare import (
     sampling_weights,
     train_variants,
 )
-from roadwork_cache.training.splits import grouped_folds
+from roadwork_cache.training.splits import choose_folds
 from roadwork_cache.training.stacking import METHODS
 from roadwork_cache.training.targets import TargetSet, resolve_target
 
@@ -130,10 +130,13 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
         )
 
     pool, test_idx = labelled_rows(data)
-    folds = grouped_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
+    chosen = choose_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
+    folds = chosen.folds
     target = resolve_target(opts, data, test_idx, eval_variants, base_variants)
     console.print(
-        f"rows: {len(pool)} in {opts.folds} folds grouped by video, {len(test_idx)} "
+        f"rows: {len(pool)} in {chosen.k} folds grouped by video"
+        + (f" ({chosen.note})" if chosen.note else "")
+        + f", {len(test_idx)} "
         f"test; members: {', '.join(s.name for s in specs)}"
         + (f"; target: {target.name} ({len(target.rows)} labelled rows)" if target else "")
     )

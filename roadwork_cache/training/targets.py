@@ -12,7 +12,7 @@ import numpy as np
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.dataset import CacheData, load_cache_data
 from roadwork_cache.training.prepare import train_variants
-from roadwork_cache.training.splits import grouped_folds
+from roadwork_cache.training.splits import choose_folds
 
 
 @dataclass
@@ -59,7 +59,7 @@ def resolve_target(
             )
         if not opts.dora_folds:
             return None
-        folds = grouped_folds(data.labels[test_idx], data.groups()[test_idx], k, opts.seed)
+        folds = choose_folds(data.labels[test_idx], data.groups()[test_idx], k, opts.seed).folds
         return TargetSet("test split", data, test_idx, False, folds, base_variants, eval_variants)
     path = Path(opts.target)
     if not (path / "zarr.json").is_file():
@@ -101,5 +101,5 @@ def resolve_target(
                 "target rows (without --dora-folds it only steers GPS weighting)"
             )
         return None
-    folds = grouped_folds(target.labels[rows], target.groups()[rows], k, opts.seed)
+    folds = choose_folds(target.labels[rows], target.groups()[rows], k, opts.seed).folds
     return TargetSet(str(path), target, rows, True, folds, t_train, t_eval)
