@@ -43,9 +43,11 @@ from roadwork_cache.inference.ensemble_folder import (
     EnsembleManifest,
     MemberEntry,
     MemberFile,
+    claim_ensemble_folder,
     dora_folder,
     fold_folder,
     read_member,
+    start_ensemble_folder,
     write_manifest,
     write_member,
 )
@@ -220,11 +222,12 @@ def write_member_configs(
 
 
 def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
+    claim_ensemble_folder(opts.out, opts.overwrite)  # before any work
     started = time.perf_counter()
     device = resolve_device(opts.device)
     p = plan_ensemble(opts)
     names = p.names
-    opts.out.mkdir(parents=True, exist_ok=True)
+    start_ensemble_folder(opts.out)
     ctx = context(p, device)
     results, jobs, infos = plan_members(opts, p, ctx)
 

@@ -20,7 +20,13 @@ from sklearn.preprocessing import StandardScaler
 from roadwork_cache.heads import RoadworkHead
 from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.inference.head_folder import HeadRecord
-from roadwork_cache.inference.run_folder import CURVE_FILE, prob_column, write_run
+from roadwork_cache.inference.run_folder import (
+    CURVE_FILE,
+    claim_run_folder,
+    prob_column,
+    start_run_folder,
+    write_run,
+)
 from roadwork_cache.reports.figures import save_curve
 from roadwork_cache.reports.tables import train_head_table
 from roadwork_cache.runtime.devices import resolve_device
@@ -94,6 +100,7 @@ def evaluate(
 
 
 def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
+    claim_run_folder(opts.out, opts.overwrite)  # before any work: never lose an earlier run
     device = resolve_device(opts.device)
     torch.manual_seed(opts.train.seed)
     from roadwork_cache.store.cache import Cache
@@ -126,7 +133,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     config = head_config(data, opts, leaky)
     weights, gps_info = sampling_weights(data, train_idx, test_idx, opts)
 
-    opts.out.mkdir(parents=True, exist_ok=True)
+    start_run_folder(opts.out)
     meta = metadata_batch(config, data)
     model = RoadworkHead(config)
     trainer = Trainer(

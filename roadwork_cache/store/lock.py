@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.files import check_folder_path
 
 LOCK_FILE = ".lock"
 
@@ -45,17 +46,9 @@ def _holder(handle) -> str:
     return handle.read().strip() or "another process"
 
 
-def check_cache_path(root: str | Path, flag: str = "--cache") -> Path:
-    """A cache path must be a folder or not exist yet, under folders: one sentence if not."""
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{flag} {root} is a file, not a cache folder")
-    for parent in root.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{flag} {root} lies under {parent}, which is a file")
-            break
-    return root
+def check_cache_path(root: str | Path) -> Path:
+    """A cache path must be a folder or not exist yet: one sentence naming --cache if not."""
+    return check_folder_path(Path(root), "--cache", "a cache folder")
 
 
 def refuse_if_locked(root: str | Path) -> None:
