@@ -10,8 +10,10 @@ stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,9 +122,12 @@ def run_predict(
         raise UserError("--batch-size must be at least 1")
     answers = collect_inputs(opts.inputs)
     if predictor is None:
-        predictor = Predictor.load(
-            opts.model, opts.weights, opts.backbone, opts.device, opts.tta, opts.tta_variants
-        )
+        # stdout carries the answers alone (`--json`): whatever a library prints while the
+        # model and backbone load goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            predictor = Predictor.load(
+                opts.model, opts.weights, opts.backbone, opts.device, opts.tta, opts.tta_variants
+            )
     todo = [i for i, a in enumerate(answers) if a.error is None]
     device = predictor.device
     workers = default_workers(device) if opts.workers is None else opts.workers
