@@ -48,13 +48,11 @@ def write_shard(path, rows, row_group_size=4) -> None:
 
 
 def shared_real() -> Path:
-    """The real photographs of ../shared/real (beside the repository, as CI lays it out);
-    ROADWORK_SHARED names another shared/ folder."""
-    candidates = []
+    """The real photographs and descriptions in tests/data/real (with their licences in its
+    README.md); ROADWORK_SHARED names another shared/ folder holding a `real/`."""
     if "ROADWORK_SHARED" in os.environ:
-        candidates.append(Path(os.environ["ROADWORK_SHARED"]) / "real")
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "real")
-    return next((c for c in candidates if c.is_dir()), candidates[-1])
+        return Path(os.environ["ROADWORK_SHARED"]) / "real"
+    return Path(__file__).resolve().parent / "data" / "real"
 
 
 def run_cli(monkeypatch, *args: str) -> int:

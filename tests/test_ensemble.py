@@ -291,7 +291,8 @@ def test_members_of_another_cache_in_the_output_folder_are_refused(run):
     _, root = run
     other = signal_cache(root / "other", seed=5)
     with pytest.raises(UserError, match="was trained on cache .*use a new --out"):
-        run_ensemble(options(other, root / "ens", root / "members.json"))
+        # --overwrite: a finished ensemble is refused without it (tests/test_cli.py)
+        run_ensemble(options(other, root / "ens", root / "members.json", overwrite=True))
 
 
 def test_merged_dora_weights_give_the_adapter_outputs():

@@ -78,7 +78,7 @@ def test_rerun_resumes_only_missing_shards(monkeypatch, source, tmp_path, capsys
         (cache / "progress" / array / "00001.done").unlink()
     capsys.readouterr()
     assert extract(monkeypatch, source, cache) == 0
-    assert "1 / 3" in capsys.readouterr().err
+    assert "1 / 3" in capsys.readouterr().out  # the summary table is a result: stdout
     np.testing.assert_array_equal(Cache.open(cache).features(), before)
 
 

@@ -1,4 +1,4 @@
-"""`roadwork predict` and `RoadworkDetector` on the real photographs of ../shared/real, with
+"""`roadwork predict` and `RoadworkDetector` on the real photographs of tests/data/real, with
 the tiny backbone: a probability for each image, an error line for a corrupt one, the same
 numbers as the cache-based `roadwork tta`, and the detector equal to `predict`."""
 
@@ -41,8 +41,8 @@ HEAD = {
 
 def real_photos() -> list[Path]:
     assert REAL.is_dir(), (
-        f"the real test photographs are missing: expected {REAL} (the shared/real folder "
-        "beside the repository, see its README.md; or set ROADWORK_SHARED)"
+        f"the real test photographs are missing: expected {REAL} (tests/data/real, see its "
+        "README.md; or set ROADWORK_SHARED)"
     )
     photos = sorted(p for p in REAL.iterdir() if p.suffix.lower() in {".jpg", ".png"})
     assert len(photos) == 5, f"expected 4 PNGs and 1 JPEG in {REAL}, found {photos}"

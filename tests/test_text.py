@@ -17,8 +17,8 @@ def test_embeddings_are_normalised_and_masked():
         "Traffic cones next to work vehicles on the right side of road.",
         "A sunny beach with palm trees.",
     ]
-    if REAL.is_file():  # real human descriptions, when the shared folder is beside the repo
-        texts += list(json.loads(REAL.read_text()).values())
+    assert REAL.is_file(), f"{REAL} is missing (tests/data/real holds it)"
+    texts += list(json.loads(REAL.read_text()).values())  # real human descriptions
     emb, mask = TextEncoder().encode(texts)
     assert emb.shape == (len(texts), TEXT_DIM) and emb.dtype == np.float32
     assert mask.tolist()[:4] == [True, False, True, True]

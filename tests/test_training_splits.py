@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.training.splits import group_codes, grouped_folds, grouped_split
+from roadwork_cache.training.splits import (
+    choose_folds,
+    choose_split,
+    group_codes,
+    grouped_folds,
+    grouped_split,
+)
 
 
 def _videos(n_videos=60, seed=0):
@@ -103,3 +109,96 @@ def test_split_names_case_insensitive_and_other_names_train():
     # Other split names are kept (readers keep them, stages report them) and train.
     tr, va = grouped_split(y, g, split_column=["train", "holdout", "val", "val", "train", "extra"])
     assert list(va) == [2, 3] and list(tr) == [0, 1, 4, 5]
+
+
+# ---- small data: the automatic choices --------------------------------------------------------
+
+
+def _small(seed, n_videos=None):
+    """A few videos of 2-8 frames; each video one label, or mixed now and then."""
+    rng = np.random.default_rng(seed)
+    n_videos = n_videos or int(rng.integers(4, 14))
+    y, g = [], []
+    for v in range(n_videos):
+        size = int(rng.integers(2, 9))
+        label = int(rng.random() < 0.75)
+        mixed = rng.random() < 0.15
+        y += [int(rng.random() < 0.5) if mixed else label for _ in range(size)]
+        g += [f"v{v}"] * size
+    return np.array(y), np.array(g, dtype=object)
+
+
+def _two_videos_per_label(y, g):
+    return all(len(set(g[y == c])) >= 2 for c in (0, 1))
+
+
+def _assert_valid(y, g, tr, va):
+    assert len(set(y[tr])) == 2 and len(set(y[va])) == 2
+    assert not set(g[tr]) & set(g[va])
+
+
+def test_the_60_synthetic_rows_get_a_hold_out_with_both_labels():
+    """The train pool of `roadwork synth --rows 60`: two videos of label 0 among nine, where
+    the first of five grouped folds holds one positive video only."""
+    sizes = {"a": 3, "b": 3, "c": 6, "d": 8, "e": 7, "f": 4, "n1": 6, "p": 3, "n2": 4}
+    g = np.array([v for v, n in sizes.items() for _ in range(n)], dtype=object)
+    y = np.array([0 if v.startswith("n") else 1 for v in g])
+    with pytest.raises(UserError, match="has only label"):
+        grouped_split(y, g, val_fraction=0.2, seed=42)
+    choice = choose_split(y, g, val_fraction=0.2, seed=42)
+    _assert_valid(y, g, choice.train, choice.val)
+    assert sorted(np.r_[choice.train, choice.val]) == list(range(len(y)))
+    assert "has only label" in choice.note
+    assert 0.1 < len(choice.val) / len(y) < 0.45
+
+
+def test_the_default_split_and_folds_are_kept_when_they_work():
+    y, g = _videos()
+    choice = choose_split(y, g, val_fraction=0.2, seed=3)
+    tr, va = grouped_split(y, g, val_fraction=0.2, seed=3)
+    assert choice.note == "" and np.array_equal(choice.train, tr) and np.array_equal(choice.val, va)
+    folds = choose_folds(y, g, k=4, seed=1)
+    assert folds.note == "" and folds.k == 4
+
+
+def test_fewer_folds_when_k_folds_leave_a_fold_with_one_label():
+    y = np.array([0] * 5 + [0] * 5 + [1] * 30)
+    g = np.repeat(["n1", "n2", "p1", "p2", "p3", "p4", "p5", "p6"], 5)
+    choice = choose_folds(y, g, k=4, seed=0)
+    assert choice.k == 2 and "not 4" in choice.note
+    for tr, va in choice.folds:
+        _assert_valid(y, g, tr, va)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_any_small_data_with_two_videos_per_label_gets_valid_splits_and_folds(seed):
+    y, g = _small(seed)
+    if not _two_videos_per_label(y, g):
+        with pytest.raises(UserError, match=r"label \d occurs in [01] video\(s\)"):
+            choose_folds(y, g, k=5, seed=seed)
+        return
+    choice = choose_split(y, g, val_fraction=0.2, seed=seed)
+    _assert_valid(y, g, choice.train, choice.val)
+    assert sorted(np.r_[choice.train, choice.val]) == list(range(len(y)))
+    folds = choose_folds(y, g, k=5, seed=seed)
+    assert 2 <= folds.k <= 5 and (folds.note == "") == (folds.k == 5)
+    assert sorted(np.concatenate([va for _, va in folds.folds])) == list(range(len(y)))
+    for tr, va in folds.folds:
+        _assert_valid(y, g, tr, va)
+        assert sorted(np.r_[tr, va]) == list(range(len(y)))
+
+
+def test_a_label_in_one_video_is_refused_in_one_sentence():
+    y = np.array([0] * 4 + [1] * 12)
+    g = np.repeat(["n", "p1", "p2", "p3"], 4)
+    for choose in (lambda: choose_split(y, g), lambda: choose_folds(y, g, k=3)):
+        with pytest.raises(UserError, match=r"label 0 occurs in 1 video\(s\) \(4 rows\)"):
+            choose()
+
+
+def test_a_users_validation_split_is_not_replaced():
+    y = np.array([0, 0, 1, 1, 1, 1])
+    g = np.array(["a", "b", "c", "d", "e", "f"], dtype=object)
+    split = ["train", "train", "val", "val", "train", "train"]
+    with pytest.raises(UserError, match="validation fold 1 has only label 1"):
+        choose_split(y, g, split_column=split)

@@ -214,8 +214,8 @@ def test_tta_stage_reports_foods_beside_mean_and_none(monkeypatch, planted_run, 
         "--no-progress",
     )
     assert code == 0
-    err = capsys.readouterr().err
-    assert "FOODS" in err and "mean-TTA" in err and "no TTA" in err
+    table = capsys.readouterr().out  # the summary table is a result: stdout
+    assert "FOODS" in table and "mean-TTA" in table and "no TTA" in table
     report = json.loads(out.with_suffix(".metrics.json").read_text())
     metrics = {r["method"]: r for r in report["metrics"]}
     assert report["variants"] == ["clean", *IN_DIST, *OOD] and report["rows"] == 40

@@ -13,9 +13,11 @@ random-initialised model for tests and the demo, built from a fixed seed so ever
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from torch import nn
 
 from roadwork_cache.backbone import convert
 from roadwork_cache.backbone.model import FrozenBackbone
-from roadwork_cache.backbone.presets import TINY_SEED, Preset, get_preset
+from roadwork_cache.backbone.presets import TINY_SEED, Preset, check_normalisation, get_preset
 from roadwork_cache.runtime.errors import UserError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -207,9 +209,29 @@ def load_backbone(
     view_size: int | None = None,
     device: str | torch.device = "cpu",
     hash_weights: bool = True,
+    normalisation: str = "lvd",
 ) -> FrozenBackbone:
-    """Build a frozen backbone from a preset and local weights (or the seeded tiny model)."""
+    """Build a frozen backbone from a preset and local weights (or the seeded tiny model).
+
+    Whatever a library prints while the weights load goes to stderr: stdout carries results
+    only (`predict --json` must stay valid JSON)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _load_backbone(
+            preset_name, weights, pool, view_size, device, hash_weights, normalisation
+        )
+
+
+def _load_backbone(
+    preset_name: str,
+    weights: str | Path | None,
+    pool: str,
+    view_size: int | None,
+    device: str | torch.device,
+    hash_weights: bool,
+    normalisation: str,
+) -> FrozenBackbone:
     preset = get_preset(preset_name)
+    check_normalisation(normalisation)
     view_size = view_size or preset.view_size
     if view_size % preset.patch_size:
         raise UserError(
@@ -240,10 +262,11 @@ def load_backbone(
         info.update(weights=str(path.resolve()), random_init=False)
         if hash_weights:
             info["weights_sha256"] = file_sha256(path)
-    backbone = FrozenBackbone(model, kind, preset, pool, info)
+    backbone = FrozenBackbone(model, kind, preset, pool, info, normalisation)
     info.update(
         format=kind,
         pool=pool,
+        normalisation=normalisation,
         view_size=view_size,
         feature_dim=backbone.feature_dim,
         patch_size=preset.patch_size,

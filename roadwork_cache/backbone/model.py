@@ -7,14 +7,22 @@ import contextlib
 import torch
 from torch import nn
 
-from roadwork_cache.backbone.presets import IMAGENET_MEAN, IMAGENET_STD, POOLS, Preset
+from roadwork_cache.backbone.presets import NORMALISATIONS, POOLS, Preset, check_normalisation
 from roadwork_cache.runtime.errors import UserError
 
 
 class FrozenBackbone(nn.Module):
     """uint8 views [B, S, S, 3] -> per-view features [B, D] (or [B, 2D] with cls+mean)."""
 
-    def __init__(self, model: nn.Module, kind: str, preset: Preset, pool: str, info: dict):
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        preset: Preset,
+        pool: str,
+        info: dict,
+        normalisation: str = "lvd",
+    ):
         super().__init__()
         if pool not in POOLS:
             raise UserError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
@@ -23,8 +31,11 @@ class FrozenBackbone(nn.Module):
         self.preset = preset
         self.pool = pool
         self.info = info
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+        # the pixel statistics the weights were trained with (lvd: ImageNet's; sat: SAT-493M)
+        mean, std = NORMALISATIONS[check_normalisation(normalisation)]
+        self.normalisation = normalisation
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
     @property
     def feature_dim(self) -> int:

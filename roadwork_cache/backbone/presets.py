@@ -1,6 +1,7 @@
 """DINOv3 presets: the real sizes (and a tiny random one), with the matching timm model.
 
-The per-image normalisation constants live here too: the LVD-1689M weights use ImageNet's.
+The per-image normalisation constants live here too: the LVD-1689M weights use ImageNet's,
+the SAT-493M (satellite) weights their own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# name -> (mean, std) of the pixels in [0, 1]; recorded with every cache and model.
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "lvd": (IMAGENET_MEAN, IMAGENET_STD),
+    "sat": ((0.430, 0.411, 0.296), (0.213, 0.156, 0.143)),
+}
+
+
+def check_normalisation(name: str) -> str:
+    if name not in NORMALISATIONS:
+        raise UserError(
+            f"unknown normalisation {name!r}; choose {' or '.join(NORMALISATIONS)} (lvd: "
+            "ImageNet's, for the LVD-1689M weights; sat: the SAT-493M satellite weights)"
+        )
+    return name
 
 
 POOLS = ("cls", "cls+mean")

@@ -2,22 +2,70 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.version import __version__
+
+
+def _hide_flag_types(params: list[Any]) -> None:
+    """A flag takes no value: no `<bool>` beside it in the help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class RoadworkGroup(TyperGroup):
+    """typer's group, with help that shows no type beside a flag."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _hide_flag_types(command.get_params(ctx))
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _hide_flag_types(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
+    cls=RoadworkGroup,
     help="Roadwork / no-roadwork classification on a frozen DINOv3 backbone, as a two-stage "
     "feature cache: `extract` runs the backbone once and stores per-view features; the heads "
     "then train from the cache alone.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # paragraphs reflow instead of keeping source line breaks
+    # Markdown: paragraphs reflow instead of keeping source line breaks. Help text therefore
+    # escapes markdown's own characters (`aug-\*`), or they vanish.
+    rich_markup_mode="markdown",
 )
 
 
-cache_app = typer.Typer(help="Inspect a feature cache.", no_args_is_help=True)
+cache_app = typer.Typer(cls=RoadworkGroup, help="Inspect a feature cache.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"roadwork-cache {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 # Options that several commands share, declared once.
@@ -44,6 +92,40 @@ AllowLeaky = Annotated[
     bool,
     typer.Option("--allow-leaky-metadata", help="Keep leaky fields (scores will be inflated)."),
 ]
+
+
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace what --out holds (otherwise a used folder is refused)."
+    ),
+]
+
+
+# ---- flag checks: one sentence naming the flag that is wrong, before any work -------------------
+
+Rule = tuple[str, Any, Callable[[Any], bool], str]
+
+
+def at_least(flag: str, value: Any, low: float) -> Rule:
+    return flag, value, lambda v: v >= low, f"be at least {low}"
+
+
+def above(flag: str, value: Any, low: float) -> Rule:
+    return flag, value, lambda v: v > low, f"be above {low}"
+
+
+def between(flag: str, value: Any, low: float, high: float, high_open: bool = False) -> Rule:
+    if high_open:
+        return flag, value, lambda v: low <= v < high, f"lie in [{low}, {high})"
+    return flag, value, lambda v: low <= v <= high, f"lie in [{low}, {high}]"
+
+
+def check_flags(*rules: Rule) -> None:
+    """Refuse the first flag whose value breaks its rule (None: not given, not checked)."""
+    for flag, value, ok, rule in rules:
+        if value is not None and not ok(value):
+            raise UserError(f"{flag} must {rule}, not {value}")
 
 
 app.add_typer(cache_app, name="cache")

@@ -74,7 +74,7 @@ def predict(
     status is then 1.
     """
     from roadwork_cache.reports.tables import answers_table
-    from roadwork_cache.runtime.progress import console
+    from roadwork_cache.runtime.progress import console, results
     from roadwork_cache.stages.predict import PredictOptions, run_predict
     from roadwork_cache.views.variants import parse_variants
 
@@ -96,9 +96,7 @@ def predict(
     if json_out:
         typer.echo(json.dumps([a.to_dict() for a in answers], indent=1))
     else:
-        from rich.console import Console
-
-        Console().print(answers_table(answers, predictor))
+        results.print(answers_table(answers, predictor))
     failed = sum(a.error is not None for a in answers)
     if failed:
         console.print(f"{failed} of {len(answers)} image(s) could not be read")

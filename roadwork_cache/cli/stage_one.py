@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +12,6 @@ from roadwork_cache.cli.app import (
     Device,
     Progress,
 )
-from roadwork_cache.runtime.errors import UserError
 
 
 def synth(
@@ -30,7 +29,7 @@ def synth(
     (many small and far away), negatives have none; frames come in videos; GPS, tags and
     scene descriptions follow the real data's columns and NULL patterns.
     """
-    from roadwork_cache.runtime.progress import console, progress_bar
+    from roadwork_cache.runtime.progress import progress_bar, results
     from roadwork_cache.synth.dataset import write_synthetic
 
     with progress_bar() as bar:
@@ -43,14 +42,14 @@ def synth(
             test_fraction=test_fraction,
             progress=lambda n: bar.update(task, advance=n),
         )
-    console.print(f"wrote {rows} rows in {len(paths)} shard(s) to {out}")
+    results.print(f"wrote {rows} rows in {len(paths)} shard(s) to {out}")
 
 
 def extract(
     source: Annotated[
         str,
         typer.Argument(
-            help="NATIX parquet shards (a glob such as 'data/*.parquet', a folder or a file), or "
+            help="NATIX parquet shards (a glob such as 'data/\\*.parquet', a folder or a file), or "
             "an image folder with manifest.csv / manifest.jsonl."
         ),
     ],
@@ -89,6 +88,14 @@ def extract(
             help="'cls' (CLS token after the final norm) or 'cls+mean' (adds the patch mean)."
         ),
     ] = "cls",
+    normalisation: Annotated[
+        str,
+        typer.Option(
+            help="Pixel statistics of the weights: 'lvd' (ImageNet's, for the LVD-1689M "
+            "weights) or 'sat' (mean 0.430, 0.411, 0.296 and std 0.213, 0.156, 0.143, for "
+            "the SAT-493M satellite weights). Recorded in the cache; predict follows it."
+        ),
+    ] = "lvd",
     batch_size: Annotated[int, typer.Option(help="Images per forward (x12 views).")] = 8,
     workers: Annotated[
         int | None,
@@ -128,13 +135,18 @@ def extract(
     status 'error' and the run goes on. Multi-GPU: torchrun --nproc-per-node N -m
     roadwork_cache.cli extract ... (same arguments).
     """
+    from roadwork_cache.cli.app import at_least, check_flags
     from roadwork_cache.reports.tables import extract_table
-    from roadwork_cache.runtime.progress import console
+    from roadwork_cache.runtime.progress import console, results
     from roadwork_cache.stages.extract import ExtractConfig, run_extract
     from roadwork_cache.views.variants import parse_variants
 
-    if batch_size < 1 or shard_rows < 1:
-        raise UserError("--batch-size and --shard-rows must be at least 1")
+    check_flags(
+        at_least("--batch-size", batch_size, 1),
+        at_least("--shard-rows", shard_rows, 1),
+        at_least("--workers", workers, 0),
+        at_least("--limit", limit, 1),
+    )
     cfg = ExtractConfig(
         source=source,
         cache=cache,
@@ -143,6 +155,7 @@ def extract(
         manifest=manifest,
         view_size=view_size,
         pool=pool,
+        normalisation=normalisation,
         batch_size=batch_size,
         workers=workers,
         device=device,
@@ -153,9 +166,16 @@ def extract(
         splits=[x for x in splits.split(",") if x.strip()] if splits else None,
         progress=progress,
     )
-    summary = run_extract(cfg)
+    try:
+        summary = run_extract(cfg)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
+            console.print(
+                "interrupted: the shards written so far are kept; re-run the same command to resume"
+            )
+        raise typer.Exit(130) from None
     if summary is not None:  # rank 0 (or the only process) reports
-        console.print(extract_table(summary))
+        results.print(extract_table(summary))
 
 
 def cache_info(
@@ -164,15 +184,14 @@ def cache_info(
 ) -> None:
     """Rows, splits, labels, statuses, arrays (shapes, dtypes), backbone and recipes."""
     from roadwork_cache.reports.tables import cache_info_table
+    from roadwork_cache.runtime.progress import results
     from roadwork_cache.store.cache import Cache, to_json
 
     info = Cache.open(path).info()
     if json_out:
         typer.echo(to_json(info))
     else:
-        from rich.console import Console
-
-        Console(width=None if sys.stdout.isatty() else 120).print(cache_info_table(info))
+        results.print(cache_info_table(info))
 
 
 def cache_verify(
@@ -188,7 +207,7 @@ def cache_verify(
 ) -> None:
     """Check that every shard is complete, unchanged since written and finite; name what is
     not. Exit 1 when anything is wrong."""
-    from roadwork_cache.runtime.progress import console, progress_bar
+    from roadwork_cache.runtime.progress import console, progress_bar, results
     from roadwork_cache.store.cache import Cache
     from roadwork_cache.store.verify import repair as repair_cache
     from roadwork_cache.store.verify import verify, verify_arrays
@@ -202,16 +221,22 @@ def cache_verify(
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {problem.message}")
+        # A shard never completed is finished by a plain re-run; a damaged one (its marker
+        # says done) must first be marked not done, which is what --repair does.
+        damaged = [p for p in problems if p.array is not None]
         if repair:
             dropped = repair_cache(cache, problems)
             console.print(f"marked {dropped} damaged shard(s) as not done")
-        console.print(
-            f"{len(problems)} problem(s) in {path}; re-run `roadwork extract` with "
-            "the same arguments to recompute what is missing"
-            + ("" if repair else " (after `roadwork cache verify --repair`)")
-        )
+        if damaged and not repair:
+            advice = (
+                f"{len(damaged)} damaged: run `roadwork cache verify --repair`, then re-run "
+                "`roadwork extract` with the same arguments to recompute them"
+            )
+        else:
+            advice = "re-run `roadwork extract` with the same arguments to finish it"
+        results.print(f"{len(problems)} problem(s) in {path}; {advice}")
         raise typer.Exit(1)
-    console.print(
+    results.print(
         f"[green]✓[/] {path}: {cache.n_rows} rows, {len(cache.shards())} shards x "
         f"{len(cache.variants())} variant(s) + text, all complete and finite"
     )

@@ -14,7 +14,12 @@ from roadwork_cache.cli.app import (
     GpsBeyond,
     GpsBrackets,
     LeakBound,
+    Overwrite,
     Progress,
+    above,
+    at_least,
+    between,
+    check_flags,
 )
 from roadwork_cache.runtime.errors import UserError
 
@@ -65,8 +70,9 @@ def train_head(
     meta_fields: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated metadata fields the head reads (gps,weather,daytime,scene,text);"
-            " '' for none."
+            help="Comma-separated metadata fields the head reads, of gps, weather, daytime, scene "
+            "and text; '' for none. Default: gps,weather,daytime,scene (text is left out: scene "
+            "descriptions are set only on roadwork rows, so they leak the label)."
         ),
     ] = None,
     field_dropout: Annotated[
@@ -88,7 +94,7 @@ def train_head(
         str | None,
         typer.Option(
             help="Comma-separated cached variants drawn per row per epoch (default: clean, "
-            "aug-*, natix-*)."
+            "aug-\\*, natix-\\*)."
         ),
     ] = None,
     target: Annotated[
@@ -106,6 +112,7 @@ def train_head(
         Path | None,
         typer.Option(help="JSON or YAML file with 'head' and 'train' sections; flags override it."),
     ] = None,
+    overwrite: Overwrite = False,
     device: Device = "auto",
     progress: Progress = True,
 ) -> None:
@@ -116,11 +123,28 @@ def train_head(
     beside a logistic-regression baseline on the global view.
     """
 
-    from roadwork_cache.runtime.progress import console
+    from roadwork_cache.runtime.progress import results
     from roadwork_cache.stages.train_head import run_train_head
     from roadwork_cache.training.loop import TrainConfig
     from roadwork_cache.training.prepare import TrainHeadOptions
 
+    check_flags(
+        at_least("--epochs", epochs, 1),
+        at_least("--batch-size", batch_size, 1),
+        above("--lr", lr, 0),
+        at_least("--accum-steps", accum_steps, 1),
+        at_least("--patience", patience, 0),
+        at_least("--layers", layers, 1),
+        at_least("--dim", dim, 1),
+        at_least("--heads", heads, 1),
+        between("--keep", keep, 1, 12),
+        between("--dropout", dropout, 0, 1, high_open=True),
+        between("--field-dropout", field_dropout, 0, 1),
+        at_least("--w-consistency", w_consistency, 0),
+        at_least("--w-weather", w_weather, 0),
+        between("--leak-bound", leak_bound, 0, 1),
+        at_least("--gps-beyond", gps_beyond, 0),
+    )
     file_cfg = _read_config_file(config) if config else {}
     head: dict = dict(file_cfg.get("head") or {})
     for key, value in {
@@ -138,8 +162,6 @@ def train_head(
     if meta_fields is not None:
         head["meta_fields"] = [f.strip() for f in meta_fields.split(",") if f.strip()]
     train_values = dict(file_cfg.get("train") or {})
-    if epochs < 1 or batch_size < 1 or accum_steps < 1:
-        raise UserError("--epochs, --batch-size and --accum-steps must be at least 1")
     train_values.update(
         epochs=epochs,
         seed=seed,
@@ -164,10 +186,11 @@ def train_head(
         allow_leaky=allow_leaky_metadata,
         device=device,
         progress=progress,
+        overwrite=overwrite,
     )
     result = run_train_head(opts)
-    console.print(result["table"])
-    console.print(
+    results.print(result["table"])
+    results.print(
         f"run folder: {result['out']} (config.json, model.safetensors, metrics.json,"
         " predictions.parquet, curve.png)"
     )
@@ -189,10 +212,11 @@ def report(
 
     Metrics, confusion matrices, MCC per weather / daytime / scene / city / GPS cluster,
     calibration, learning curves, the hardest errors and the leakage audit."""
+    from roadwork_cache.runtime.progress import results
     from roadwork_cache.stages.report import write_report
 
     path = write_report(run, out, set_name)
-    typer.echo(f"report written to {path}")
+    results.print(f"report written to {path}")
 
 
 def ensemble(
@@ -257,7 +281,7 @@ def ensemble(
         str | None,
         typer.Option(
             help="Comma-separated cached variants drawn per row per epoch (default: clean, "
-            "aug-*, natix-*); a member's own 'variants' wins."
+            "aug-\\*, natix-\\*); a member's own 'variants' wins."
         ),
     ] = None,
     config: Annotated[
@@ -268,6 +292,7 @@ def ensemble(
     gps_beyond: GpsBeyond = 0.3,
     leak_bound: LeakBound = 0.3,
     allow_leaky_metadata: AllowLeaky = False,
+    overwrite: Overwrite = False,
     device: Device = "auto",
     progress: Progress = True,
 ) -> None:
@@ -278,16 +303,29 @@ def ensemble(
     a target set; --distill trains one student. One table compares every member and
     combination, with and without metadata, clean and natix."""
 
-    from roadwork_cache.runtime.progress import console
+    from roadwork_cache.runtime.progress import results
     from roadwork_cache.stages.ensemble import BundleMismatch, run_ensemble
     from roadwork_cache.training.dora import DoraSettings
     from roadwork_cache.training.loop import TrainConfig
     from roadwork_cache.training.plan import EnsembleOptions
 
+    check_flags(
+        at_least("--folds", folds, 2),
+        at_least("--jobs", jobs, 1),
+        at_least("--dora-folds", dora_folds, 0),
+        ("--dora-folds", dora_folds, lambda v: v != 1, "be 0 (no DoRA) or at least 2"),
+        above("--dora-lr", dora_lr, 0),
+        at_least("--dora-rank", dora_rank, 1),
+        at_least("--dora-epochs", dora_epochs, 1),
+        at_least("--epochs", epochs, 1),
+        at_least("--batch-size", batch_size, 1),
+        above("--lr", lr, 0),
+        at_least("--patience", patience, 0),
+        between("--leak-bound", leak_bound, 0, 1),
+        at_least("--gps-beyond", gps_beyond, 0),
+    )
     file_cfg = _read_config_file(config) if config else {}
     train_values = dict(file_cfg.get("train") or {})
-    if min(epochs, batch_size, dora_epochs, dora_rank) < 1:
-        raise UserError("--epochs, --batch-size, --dora-epochs and --dora-rank must be at least 1")
     train_values.update(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
     opts = EnsembleOptions(
         cache=cache,
@@ -311,14 +349,15 @@ def ensemble(
         allow_leaky=allow_leaky_metadata,
         device=device,
         progress=progress,
+        overwrite=overwrite,
     )
     try:
         result = run_ensemble(opts)
     except BundleMismatch as exc:  # everything is written: show it, then say what is wrong
-        console.print(exc.result["table"])
+        results.print(exc.result["table"])
         raise
-    console.print(result["table"])
-    console.print(
+    results.print(result["table"])
+    results.print(
         f"ensemble folder: {result['out']} (manifest.json, members/, "
         "meta_learner.json, metrics.json, predictions.parquet, table.txt)"
     )
@@ -380,7 +419,7 @@ def tta(
     AUC, metadata-free) when the split has labels.
     """
     from roadwork_cache.inference.foods import FoodsSettings
-    from roadwork_cache.runtime.progress import console
+    from roadwork_cache.runtime.progress import console, results
     from roadwork_cache.stages.tta import TtaOptions, run_tta
     from roadwork_cache.views.variants import parse_variants
 
@@ -397,11 +436,11 @@ def tta(
     )
     result = run_tta(opts)
     if result["table"] is not None:
-        console.print(result["table"])
+        results.print(result["table"])
     else:
         console.print(f"split {split} has no labels: predictions only, no metrics")
-    console.print(result["variant_table"])
-    console.print(
+    results.print(result["variant_table"])
+    results.print(
         f"predictions: {result['out']}; metrics: {result['metrics_path']}"
         + (f"; FOODS statistics: {result['stats_path']}" if result["stats_path"] else "")
     )

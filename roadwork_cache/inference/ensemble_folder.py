@@ -25,9 +25,10 @@ import numpy as np
 from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 
-from roadwork_cache.inference.head_folder import check_version
+from roadwork_cache.inference.foods import STATS_FILE
+from roadwork_cache.inference.head_folder import CONFIG_FILE, check_version
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.runtime.files import read_json, write_json
+from roadwork_cache.runtime.files import check_folder_path, read_json, write_json
 from roadwork_cache.runtime.version import __version__
 
 MANIFEST_FILE = "manifest.json"
@@ -134,6 +135,56 @@ def read_manifest(out: Path) -> EnsembleManifest:
 
 def is_ensemble(folder: Path) -> bool:
     return (folder / MANIFEST_FILE).is_file()
+
+
+def is_ensemble_folder(folder: Path) -> bool:
+    """A finished ensemble, or one an interrupted run left (members, no manifest yet)."""
+    return is_ensemble(folder) or (folder / "members").is_dir()
+
+
+# What one run writes at the top of the folder; members/ stay, for reuse.
+RUN_OUTPUTS = (
+    MANIFEST_FILE,
+    META_LEARNER_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    TARGET_PREDICTIONS_FILE,
+    AUDIT_FILE,
+    TABLE_FILE,
+    STATS_FILE,  # `roadwork tta`'s statistics of the deployed ensemble
+)
+
+
+def claim_ensemble_folder(root: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an --out that would lose something. An unfinished ensemble
+    (members, no manifest: a run was stopped) is resumed, its finished members reused. A
+    finished ensemble is replaced only with --overwrite (it may be deployed; its members are
+    still reused where cache and settings match). A train-head run is never mixed with an
+    ensemble; other files need --overwrite."""
+    check_folder_path(root, "--out", "an ensemble folder")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if (root / CONFIG_FILE).is_file() and not is_ensemble_folder(root):
+        raise UserError(f"--out {root} holds a train-head run; choose another --out")
+    if is_ensemble(root) and not overwrite:
+        raise UserError(
+            f"--out {root} holds a finished ensemble; pass --overwrite to replace it (members "
+            "trained on the same cache with the same settings are reused), or choose another --out"
+        )
+    if not is_ensemble_folder(root) and not overwrite:
+        raise UserError(
+            f"--out {root} holds files that are not an ensemble; pass --overwrite to write into "
+            "it anyway, or choose another --out"
+        )
+
+
+def start_ensemble_folder(root: Path) -> Path:
+    """The folder, made, without an earlier run's top-level outputs: until this run writes
+    its manifest the folder is an unfinished ensemble, never a mix of two runs."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in RUN_OUTPUTS:
+        (root / name).unlink(missing_ok=True)
+    return root
 
 
 @dataclass

@@ -78,7 +78,7 @@ def check_backbone(config: dict[str, Any], info: dict[str, Any], model: str | Pa
     trained on: another preset, pooling, view size or feature size, other weights, or
     another view layout."""
     want = config.get("backbone") or {}
-    for key in ("preset", "pool", "view_size", "feature_dim"):
+    for key in ("preset", "pool", "view_size", "feature_dim", "normalisation"):
         if want.get(key) is not None and want[key] != info.get(key):
             raise UserError(
                 f"model {model} was trained on features with backbone {key} = {want[key]}, "
@@ -187,7 +187,12 @@ class Predictor:
             notes.append(f"backbone weights: {weights} (recorded by the model's cache)")
         view_size = record.get("view_size") or (bundle.config.get("views") or {}).get("view_size")
         frozen = load_backbone(
-            preset, weights, pool=record.get("pool", "cls"), view_size=view_size, device=dev
+            preset,
+            weights,
+            pool=record.get("pool", "cls"),
+            view_size=view_size,
+            device=dev,
+            normalisation=record.get("normalisation", "lvd"),  # as its cache was made
         )
         check_backbone(bundle.config, frozen.info, model)
         if frozen.info.get("random_init"):

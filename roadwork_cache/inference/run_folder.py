@@ -18,15 +18,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from roadwork_cache.heads.io import WEIGHTS_FILE
+from roadwork_cache.inference.ensemble_folder import is_ensemble_folder
+from roadwork_cache.inference.foods import STATS_FILE
 from roadwork_cache.inference.head_folder import CONFIG_FILE, HeadRecord, read_record, write_head
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.runtime.files import read_json, write_json
+from roadwork_cache.runtime.files import check_folder_path, read_json, write_json
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
 AUDIT_FILE = "audit.json"
 CURVE_FILE = "curve.png"
 REPORT_FILE = "report.html"
+# Every file a run folder may hold (`roadwork tta` adds FOODS statistics, `report` a page).
+RUN_FILES = (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    AUDIT_FILE,
+    CURVE_FILE,
+    REPORT_FILE,
+    STATS_FILE,
+)
 
 
 def prob_column(model: str, variant: str, metadata: str) -> str:
@@ -67,6 +81,35 @@ class RunFolder:
             for i, (s, y) in enumerate(zip(preds["set"], preds["label"], strict=True))
             if s == set_name and y is not None
         ]
+
+
+def claim_run_folder(root: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an --out that would lose something: a file, a folder under a
+    file, an ensemble (never mixed with a run, even with --overwrite), or a non-empty folder
+    without --overwrite. Creates nothing: a refused run leaves no folder behind."""
+    check_folder_path(root, "--out", "a run folder")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if is_ensemble_folder(root):
+        raise UserError(
+            f"--out {root} holds an ensemble; choose another --out for a train-head run"
+        )
+    if overwrite:
+        return
+    what = "a train-head run" if (root / CONFIG_FILE).is_file() else "files"
+    raise UserError(
+        f"--out {root} already holds {what}; pass --overwrite to replace it, or choose "
+        "another --out"
+    )
+
+
+def start_run_folder(root: Path) -> Path:
+    """The run folder, made, without an earlier run's files (a stale report or FOODS
+    statistics would describe another model); other files are left alone."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (root / name).unlink(missing_ok=True)
+    return root
 
 
 def write_run(

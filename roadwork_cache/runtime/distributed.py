@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from roadwork_cache.runtime.errors import UserError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -29,8 +31,18 @@ class Ranks:
         return self.world > 1
 
     def barrier(self) -> None:
-        if self.distributed:
+        """Wait for every rank; when one has died (gloo and NCCL then fail the collective),
+        stop in one sentence instead of a traceback: each shard is written whole, so what
+        the ranks finished stays and a re-run does the rest."""
+        if not self.distributed:
+            return
+        try:
             dist.barrier()
+        except RuntimeError:  # DistBackendError and friends: a peer closed the connection
+            raise UserError(
+                f"rank {self.rank} of {self.world} lost the other ranks (one of them stopped); "
+                "the shards written so far are kept: re-run the same command to resume"
+            ) from None
 
     def mine(self, items: list) -> list:
         """This rank's share of a list of work units: round robin, whole units only."""

@@ -25,3 +25,18 @@ def read_json(path: Path) -> Any:
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UserError(f"cannot read {path}: {reason}") from None
+
+
+def check_folder_path(path: Path, flag: str, what: str) -> Path:
+    """A folder a command will write: it must be a folder or not exist yet, and not lie under
+    a file. One sentence naming the flag otherwise (instead of FileExistsError or
+    NotADirectoryError once the work is done)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not {what}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path} lies under {parent}, which is a file")
+            break
+    return path

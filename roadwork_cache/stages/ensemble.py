@@ -43,9 +43,11 @@ from roadwork_cache.inference.ensemble_folder import (
     EnsembleManifest,
     MemberEntry,
     MemberFile,
+    claim_ensemble_folder,
     dora_folder,
     fold_folder,
     read_member,
+    start_ensemble_folder,
     write_manifest,
     write_member,
 )
@@ -169,11 +171,12 @@ def write_member_configs(
 
 
 def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
+    claim_ensemble_folder(opts.out, opts.overwrite)  # before any work
     started = time.perf_counter()
     device = resolve_device(opts.device)
     p = plan_ensemble(opts)
     names = p.names
-    opts.out.mkdir(parents=True, exist_ok=True)
+    start_ensemble_folder(opts.out)
     ctx = context(p, device)
     results, jobs, infos = plan_members(
         opts,
@@ -388,7 +391,7 @@ def write_outputs_manifest(
         calibration_rows=deploy.calibration_set,
         deployed=deploy.kind,
         reason=deploy.reason,
-        folds=opts.folds,
+        folds=len(p.folds),  # fewer than asked on small data (training.splits)
         seed=opts.seed,
         target=p.target.name if p.target else None,
         dora=dora.info if dora else None,

@@ -24,7 +24,7 @@ import torch
 
 from roadwork_cache.backbone.loading import load_backbone
 from roadwork_cache.backbone.model import FrozenBackbone
-from roadwork_cache.backbone.presets import POOLS, get_preset
+from roadwork_cache.backbone.presets import POOLS, check_normalisation, get_preset
 from roadwork_cache.readers.schema import Sample
 from roadwork_cache.readers.sources import open_source
 from roadwork_cache.reports.tables import ExtractSummary
@@ -34,7 +34,7 @@ from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.runtime.version import __version__
 from roadwork_cache.store.cache import Cache, ShardRange
-from roadwork_cache.store.lock import writer_lock
+from roadwork_cache.store.lock import check_cache_path, refuse_if_locked, writer_lock
 from roadwork_cache.views.batching import ViewBatch, view_loader
 from roadwork_cache.views.geometry import LAYOUT, N_VIEWS, VIEW_NAMES
 from roadwork_cache.views.variants import check_variant, recipe
@@ -49,6 +49,7 @@ class ExtractConfig:
     manifest: str | None = None
     view_size: int | None = None
     pool: str = "cls"
+    normalisation: str = "lvd"  # lvd (ImageNet's statistics) or sat (the SAT-493M weights)
     batch_size: int = 8  # images per forward; x12 views
     workers: int | None = None
     device: str = "auto"
@@ -81,11 +82,12 @@ def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> di
 def check_resumable(cache: Cache, backbone: FrozenBackbone, n_rows: int) -> None:
     """A resumed cache must have been started with the same backbone and the same rows."""
     have = cache.meta
+    recorded = {"normalisation": "lvd", **have.backbone}  # older caches: ImageNet's
     mine = backbone.info
-    for key in ("preset", "pool", "view_size", "state_sha256"):
-        if have.backbone.get(key) != mine.get(key):
+    for key in ("preset", "pool", "view_size", "normalisation", "state_sha256"):
+        if recorded.get(key) != mine.get(key):
             raise UserError(
-                f"cache {cache.root} was made with backbone {key} = {have.backbone.get(key)}, "
+                f"cache {cache.root} was made with backbone {key} = {recorded.get(key)}, "
                 f"not {mine.get(key)}; use a new --cache folder"
             )
     if have.n_rows != n_rows:
@@ -251,8 +253,10 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
     get_preset(cfg.backbone)
     if cfg.pool not in POOLS:
         raise UserError(f"unknown pooling {cfg.pool!r}; choose one of {', '.join(POOLS)}")
+    check_normalisation(cfg.normalisation)
     for name in cfg.variants:
         check_variant(name)
+    check_cache_path(cfg.cache)
     reader = open_source(cfg.source, cfg.manifest, cfg.splits)
     n_rows = len(reader) if cfg.limit is None else min(cfg.limit, len(reader))
     if n_rows == 0:
@@ -274,8 +278,15 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
             + (f" with {ranks.world} ranks" if ranks.distributed else "")
         )
 
+    if ranks.is_main:
+        refuse_if_locked(cfg.cache)  # a second writer learns it before the model loads
     backbone = load_backbone(
-        cfg.backbone, cfg.weights, pool=cfg.pool, view_size=cfg.view_size, device=device
+        cfg.backbone,
+        cfg.weights,
+        pool=cfg.pool,
+        view_size=cfg.view_size,
+        device=device,
+        normalisation=cfg.normalisation,
     )
     if backbone.info.get("random_init") and ranks.is_main:
         console.print(

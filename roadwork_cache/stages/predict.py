@@ -10,8 +10,10 @@ stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from roadwork_cache.inference.predictor import Answer, Predictor
 from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
 from roadwork_cache.runtime.devices import default_workers
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.processes import worker_init_fn
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.views.batching import DecodedItem, collate, draft_side, image_views
 
@@ -119,9 +122,12 @@ def run_predict(
         raise UserError("--batch-size must be at least 1")
     answers = collect_inputs(opts.inputs)
     if predictor is None:
-        predictor = Predictor.load(
-            opts.model, opts.weights, opts.backbone, opts.device, opts.tta, opts.tta_variants
-        )
+        # stdout carries the answers alone (`--json`): whatever a library prints while the
+        # model and backbone load goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            predictor = Predictor.load(
+                opts.model, opts.weights, opts.backbone, opts.device, opts.tta, opts.tta_variants
+            )
     todo = [i for i, a in enumerate(answers) if a.error is None]
     device = predictor.device
     workers = default_workers(device) if opts.workers is None else opts.workers
@@ -139,6 +145,7 @@ def run_predict(
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
+        worker_init_fn=worker_init_fn() if workers else None,  # die with the run
     )
     with progress_bar(disable=not opts.progress) as bar:
         task = bar.add_task("predict", total=len(todo), rate="")

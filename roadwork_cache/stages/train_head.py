@@ -23,7 +23,13 @@ from roadwork_cache.heads.combine import fold_threshold
 from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.inference.bundles import load_bundle
 from roadwork_cache.inference.head_folder import HeadRecord, seen_record, write_head
-from roadwork_cache.inference.run_folder import CURVE_FILE, prob_column, write_run
+from roadwork_cache.inference.run_folder import (
+    CURVE_FILE,
+    claim_run_folder,
+    prob_column,
+    start_run_folder,
+    write_run,
+)
 from roadwork_cache.reports.figures import save_curve
 from roadwork_cache.reports.tables import train_head_table
 from roadwork_cache.runtime.devices import resolve_device
@@ -47,7 +53,7 @@ from roadwork_cache.training.prepare import (
     train_variants,
 )
 from roadwork_cache.training.selection import SelectionData
-from roadwork_cache.training.splits import grouped_split
+from roadwork_cache.training.splits import choose_split
 
 
 def probe_models(data, train_idx, val_idx, selection, seed: int) -> list[ScoredModel]:
@@ -76,6 +82,7 @@ def probe_models(data, train_idx, val_idx, selection, seed: int) -> list[ScoredM
 
 
 def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
+    claim_run_folder(opts.out, opts.overwrite)  # before any work: never lose an earlier run
     device = resolve_device(opts.device)
     torch.manual_seed(opts.train.seed)
 
@@ -96,13 +103,14 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
 
     pool, test_idx = labelled_rows(data)
     split = data.split_names()
-    tr, va = grouped_split(
+    chosen = choose_split(
         data.labels[pool], data.groups()[pool], opts.val_fraction, opts.train.seed, split[pool]
     )
-    train_idx, val_idx = pool[tr], pool[va]
+    train_idx, val_idx = pool[chosen.train], pool[chosen.val]
     console.print(
-        f"rows: {len(train_idx)} train, {len(val_idx)} validation (grouped by video),"
-        f" {len(test_idx)} test; variants for training: {', '.join(variants)}"
+        f"rows: {len(train_idx)} train, {len(val_idx)} validation (grouped by video"
+        + (f"; {chosen.note}" if chosen.note else "")
+        + f"), {len(test_idx)} test; variants for training: {', '.join(variants)}"
     )
     if other := data.other_splits():
         console.print(
@@ -115,7 +123,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     config = head_config(data, opts, leaky)
     weights, gps_info = sampling_weights(data, train_idx, test_idx, opts)
 
-    opts.out.mkdir(parents=True, exist_ok=True)
+    start_run_folder(opts.out)
     meta = metadata_batch(config, data)
     model = RoadworkHead(config)
     trainer = Trainer(

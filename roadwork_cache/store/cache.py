@@ -133,7 +133,9 @@ class Cache:
             },
             root,
         )
-        group = zarr.open_group(root, mode="w")
+        # create_group, never open_group(mode="w"): that empties the folder, and with it the
+        # writer's lock file, letting a second writer in.
+        group = zarr.create_group(root, overwrite=False)
         group.attrs.update(meta.to_dict())
         group.create_group("features")
         cache = cls(root, group)
@@ -145,6 +147,10 @@ class Cache:
     def open(cls, root: str | Path, mode: str = "r") -> Cache:
         """Open an existing cache and check its format, in one clear sentence if wrong."""
         root = Path(root)
+        if not root.exists():
+            raise UserError(f"cache {root} does not exist")
+        if not root.is_dir():
+            raise UserError(f"cache {root} is a file, not a cache folder")
         if not (root / "zarr.json").is_file():
             raise UserError(f"{root} is not a roadwork cache (no zarr.json)")
         try:

@@ -229,13 +229,16 @@ class Trainer:
                 )
                 n_batches += 1
 
-            probs = [
-                head_outputs(model, f[val_idx], None, self.device)[0]
-                for f in self.selection.features
-            ]
-            setting = self.selection.selection
-            mcc, cut = setting.score(val_y, probs)
-            m = setting.metrics(val_y, probs, cut)
+            if len(val_idx):
+                probs = [
+                    head_outputs(model, f[val_idx], None, self.device)[0]
+                    for f in self.selection.features
+                ]
+                setting = self.selection.selection
+                mcc, cut = setting.score(val_y, probs)
+                m = setting.metrics(val_y, probs, cut)
+            else:  # no rows to stop on: fixed epochs, the last one kept
+                m = {"mcc": float("nan"), "auc": float("nan")}
             log = EpochLog(
                 epoch,
                 *(sums / max(n_batches, 1)).tolist(),
@@ -248,6 +251,8 @@ class Trainer:
             if on_epoch:
                 on_epoch(log)
             score = -1.0 if math.isnan(m["mcc"]) else m["mcc"]
+            if not len(val_idx):
+                score = float(epoch)  # every epoch beats the last: the final one is kept
             if score > best[0]:
                 best = (score, epoch)
                 best_state = copy.deepcopy(model.state_dict())

@@ -43,7 +43,7 @@ from roadwork_cache.training.prepare import (
     train_variants,
 )
 from roadwork_cache.training.selection import Selection
-from roadwork_cache.training.splits import grouped_folds, grouped_split
+from roadwork_cache.training.splits import choose_folds, choose_split
 from roadwork_cache.training.stacking import METHODS
 from roadwork_cache.training.targets import TargetSet, resolve_target
 
@@ -161,10 +161,13 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
         )
 
     pool, test_idx = labelled_rows(data)
-    folds = grouped_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
+    chosen = choose_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
+    folds = chosen.folds
     target = resolve_target(opts, data, test_idx, eval_variants, base_variants)
     console.print(
-        f"rows: {len(pool)} in {opts.folds} folds grouped by video, {len(test_idx)} "
+        f"rows: {len(pool)} in {chosen.k} folds grouped by video"
+        + (f" ({chosen.note})" if chosen.note else "")
+        + f", {len(test_idx)} "
         f"test; members: {', '.join(s.name for s in specs)}"
         + (f"; target: {target.name} ({len(target.rows)} labelled rows)" if target else "")
     )
@@ -184,10 +187,17 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
     weights, gps_info = sampling_weights(data, pool, test_idx, opts.head_options())
     inner = []
     for k, (tr, _) in enumerate(folds):
-        fit, stop = grouped_split(
-            data.labels[pool[tr]], data.groups()[pool[tr]], INNER_STOP_FRACTION, opts.seed + k
-        )
-        inner.append((tr[fit], tr[stop]))
+        try:
+            inner_split = choose_split(
+                data.labels[pool[tr]], data.groups()[pool[tr]], INNER_STOP_FRACTION, opts.seed + k
+            )
+            inner.append((tr[inner_split.train], tr[inner_split.val]))
+        except UserError:  # too few videos to hold some back: fixed epochs, no early stopping
+            console.print(
+                f"fold {k + 1}: too few videos to hold some back for early stopping; "
+                f"its models train for the full {opts.train.epochs} epochs"
+            )
+            inner.append((tr, tr[:0]))
     return Prepared(
         specs,
         data,

@@ -43,6 +43,7 @@ class TrainHeadOptions:
     allow_leaky: bool = False
     device: str = "auto"
     progress: bool = True
+    overwrite: bool = False  # replace what --out holds (inference.run_folder / ensemble_folder)
 
 
 def train_variants(available: list[str], asked: list[str] | None) -> list[str]:

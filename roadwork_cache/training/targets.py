@@ -13,7 +13,7 @@ from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.dataset import CacheData, load_cache_data
 from roadwork_cache.training.prepare import train_variants
 from roadwork_cache.training.selection import Selection
-from roadwork_cache.training.splits import grouped_folds
+from roadwork_cache.training.splits import choose_folds
 
 
 @dataclass
@@ -73,7 +73,7 @@ def resolve_target(
             return None  # GPS weighting toward the test split: the default anyway
         if len(test_idx) == 0:
             raise UserError(f"--target test: cache {opts.cache} has no labelled test rows")
-        folds = grouped_folds(data.labels[test_idx], data.groups()[test_idx], k, opts.seed)
+        folds = choose_folds(data.labels[test_idx], data.groups()[test_idx], k, opts.seed).folds
         return TargetSet("test split", data, test_idx, False, folds, base_variants, eval_variants)
     path = Path(opts.target)
     if not (path / "zarr.json").is_file():
@@ -115,5 +115,5 @@ def resolve_target(
                 "target rows (without --dora-folds it only steers GPS weighting)"
             )
         return None
-    folds = grouped_folds(target.labels[rows], target.groups()[rows], k, opts.seed)
+    folds = choose_folds(target.labels[rows], target.groups()[rows], k, opts.seed).folds
     return TargetSet(str(path), target, rows, True, folds, t_train, t_eval)

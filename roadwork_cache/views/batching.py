@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
 from roadwork_cache.readers.schema import Sample
+from roadwork_cache.runtime.processes import worker_init_fn
 from roadwork_cache.views.geometry import N_VIEWS, TILE_FRACTION, render_views
 from roadwork_cache.views.variants import apply_variant, full_resolution, prepare_variants
 
@@ -119,6 +120,7 @@ def view_loader(
         collate_fn=collate,
         pin_memory=pin,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=worker_init_fn() if workers > 0 else None,  # die with the run
     )
 
 
