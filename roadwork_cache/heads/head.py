@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from roadwork_cache.heads.attention import GatedAttentionStack
 from roadwork_cache.heads.config import HeadConfig
+from roadwork_cache.heads.coverage import CoveragePredictor
 from roadwork_cache.heads.gafm import GAFM
 from roadwork_cache.heads.layers import InputProjection, MultiScalePyramid
 from roadwork_cache.heads.metadata import MetadataBatch, MetadataEncoder
@@ -25,6 +26,7 @@ class HeadOutput:
     weather_logits: Tensor  # [B, n_weather] auxiliary multi-label weather from vision only
     view_index: Tensor  # [B, k] original index of each kept view
     view_gates: Tensor  # [B, k] GAFM gate of each kept view
+    coverage_logits: Tensor | None = None  # [B, k, G*G] roadwork share per cell, kept views
 
 
 class RoadworkHead(nn.Module):
@@ -32,6 +34,8 @@ class RoadworkHead(nn.Module):
 
     pruning -> projection + view embedding -> pyramid -> gated attention stack -> GAFM
     -> concat(vision, metadata) -> fusion -> classifier. meta None means all fields NULL.
+    With `mask_grid`, a coverage predictor reads each kept view's embedding after the
+    attention stack (the auxiliary mask loss's input).
     """
 
     def __init__(self, config: HeadConfig) -> None:
@@ -57,6 +61,8 @@ class RoadworkHead(nn.Module):
             nn.Dropout(c.dropout),
             nn.Linear(c.classifier_dim, c.n_classes),
         )
+        # Built last, so a head with and one without it start from the same weights.
+        self.coverage = CoveragePredictor(c.dim, c.mask_grid) if c.mask_grid else None
 
     def forward(self, views: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
         c = self.config
@@ -73,7 +79,8 @@ class RoadworkHead(nn.Module):
             index, scores = torch.arange(c.n_views, device=x.device).expand(B, -1), None
         x = self.input(x, index)  # [B, k, dim]
         x = self.pyramid(x)
-        x = self.blocks(x)
+        x = self.blocks(x)  # [B, k, dim]: each kept view's embedding
+        coverage = self.coverage(x) if self.coverage is not None else None  # [B, k, G*G]
         embedding, view_logits, gates = self.gafm(x)  # [B, dim], [B, k, 2], [B, k]
 
         if meta is None:
@@ -87,4 +94,5 @@ class RoadworkHead(nn.Module):
             weather_logits=self.weather_head(embedding),
             view_index=index,
             view_gates=gates,
+            coverage_logits=coverage,
         )

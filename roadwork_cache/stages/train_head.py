@@ -4,7 +4,9 @@ Read top to bottom: load the cache's ok rows, audit the metadata for label leaka
 leaky fields, split train / validation by video, weight the sampler toward the target GPS
 distribution, train, then score the head and a logistic-regression baseline on validation
 and test, on clean and validator-like (`natix-*`) variants, with and without metadata, at
-0.5 and at the validation-tuned threshold. Everything lands in the run folder.
+0.5 and at the validation-tuned threshold. Everything lands in the run folder. When the
+cache has roadwork masks the head also learns them (auxiliary losses), and
+`--compare-mask-loss` trains it a second time without them, reported side by side.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from roadwork_cache.heads import RoadworkHead
+from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.inference.head_folder import HeadRecord
 from roadwork_cache.inference.run_folder import CURVE_FILE, prob_column, write_run
 from roadwork_cache.reports.figures import save_curve
-from roadwork_cache.reports.tables import train_head_table
+from roadwork_cache.reports.tables import NO_MASK_MODEL, mask_loss_table, train_head_table
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.training.baselines import fit_baseline
@@ -33,11 +35,12 @@ from roadwork_cache.training.dataset import (
     metadata_batch,
     random_backbone,
 )
-from roadwork_cache.training.loop import EpochLog, Trainer
+from roadwork_cache.training.loop import EpochLog, Trainer, TrainResult
 from roadwork_cache.training.metrics import best_threshold, binary_metrics
 from roadwork_cache.training.prepare import (
     TrainHeadOptions,
     audit_leakage,
+    describe_masks,
     evaluation_variants,
     head_config,
     sampling_weights,
@@ -127,32 +130,39 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
 
     opts.out.mkdir(parents=True, exist_ok=True)
     meta = metadata_batch(config, data)
-    model = RoadworkHead(config)
-    trainer = Trainer(
-        model,
-        opts.train,
-        [data.features[v] for v in variants],
-        data.labels,
-        meta,
-        device,
-        eval_features=data.features["clean"],
+    mask_info = describe_masks(data, opts, variants)
+    model, result = fit_head(
+        config, opts, data, variants, meta, device, (train_idx, val_idx, weights), "train-head"
     )
-    with progress_bar(disable=not opts.progress) as bar:
-        task = bar.add_task("train-head", total=opts.train.epochs, rate="")
-
-        def on_epoch(log: EpochLog) -> None:
-            bar.update(task, advance=1, rate=f"loss {log.loss:.3f} val MCC {log.val_mcc:+.3f}")
-
-        result = trainer.fit(train_idx, val_idx, weights, on_epoch)
-    console.print(
-        f"best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, "
-        f"no metadata){'; stopped early' if result.stopped_early else ''}"
-    )
-
     baseline = fit_baseline(data, train_idx, opts.train.seed)
     sets = {"val": val_idx, "test": test_idx}
     rows, threshold, probs = evaluate(model, data, meta, device, sets, baseline)
-    table = train_head_table(rows, random_init)
+    mask_table = None
+    if opts.compare_mask_loss:
+        # The same head, seed and data without the mask losses: the comparison row pair.
+        plain_config = HeadConfig.from_dict({**config.to_dict(), "mask_grid": 0})
+        plain, plain_result = fit_head(
+            plain_config,
+            opts,
+            data,
+            variants,
+            meta,
+            device,
+            (train_idx, val_idx, weights),
+            "without masks",
+            masks=False,
+        )
+        plain_rows, _, plain_probs = evaluate(plain, data, meta, device, sets, baseline)
+        rows += [{**r, "model": NO_MASK_MODEL} for r in plain_rows if r["model"] == "head"]
+        probs.update(
+            {(NO_MASK_MODEL, v, m): p for (n, v, m), p in plain_probs.items() if n == "head"}
+        )
+        mask_info["without_masks"] = {
+            "best_epoch": plain_result.best_epoch,
+            "best_val_mcc": plain_result.best_val_mcc,
+        }
+        mask_table = mask_loss_table(rows, random_init)
+    table = train_head_table([r for r in rows if r["model"] != NO_MASK_MODEL], random_init)
 
     # ---- the run folder ---------------------------------------------------------------------
     record = HeadRecord(
@@ -176,6 +186,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         "random_init_backbone": random_init,
         "rows": rows,
         "history": [h.__dict__ for h in result.history],
+        "masks": mask_info,
     }
     set_of = np.full(len(data), "train", dtype=object)
     set_of[val_idx], set_of[test_idx] = "val", "test"
@@ -188,7 +199,49 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     }
     write_run(opts.out, model, record, metrics, [a.to_dict() for a in audits], columns)
     save_curve(result.history, opts.out / CURVE_FILE)
-    return {"table": table, "metrics": metrics, "out": opts.out}
+    return {"table": table, "mask_table": mask_table, "metrics": metrics, "out": opts.out}
+
+
+def fit_head(
+    config: HeadConfig,
+    opts: TrainHeadOptions,
+    data: CacheData,
+    variants: list[str],
+    meta,
+    device: torch.device,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    label: str,
+    masks: bool = True,
+) -> tuple[RoadworkHead, TrainResult]:
+    """A head trained on `variants` (with the mask losses when the cache has masks and
+    `masks`), from the run's seed, so two heads differ only in what they were asked."""
+    train_idx, val_idx, weights = split
+    torch.manual_seed(opts.train.seed)
+    model = RoadworkHead(config)
+    with_masks = masks and bool(data.masks)
+    trainer = Trainer(
+        model,
+        opts.train,
+        [data.features[v] for v in variants],
+        data.labels,
+        meta,
+        device,
+        eval_features=data.features["clean"],
+        masks=[data.masks.get(v) for v in variants] if with_masks else None,
+        mask_present=data.mask_present if with_masks else None,
+    )
+    with progress_bar(disable=not opts.progress) as bar:
+        task = bar.add_task(label, total=opts.train.epochs, rate="")
+
+        def on_epoch(log: EpochLog) -> None:
+            bar.update(task, advance=1, rate=f"loss {log.loss:.3f} val MCC {log.val_mcc:+.3f}")
+
+        result = trainer.fit(train_idx, val_idx, weights, on_epoch)
+    console.print(
+        f"{label}: best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, "
+        f"no metadata){'; stopped early' if result.stopped_early else ''}"
+    )
+    return model, result
 
 
 def evaluation_groups(probs: dict[tuple, np.ndarray]) -> list[tuple[tuple, str, list[str]]]:
