@@ -12,7 +12,7 @@ from PIL import Image
 
 from helpers import natix_row, run_cli, write_shard
 from roadwork_cache.backbone.sam3_tiny import write_tiny_sam3
-from roadwork_cache.backbone.segmenter import DEFAULT_PROMPTS, Segmenter, sam3_model_type
+from roadwork_cache.backbone.segmenter import DEFAULT_PROMPTS, load_segmenter, sam3_model_type
 from roadwork_cache.readers.images import decode_image
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.views.batching import draft_side
@@ -30,7 +30,7 @@ def sam3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def segmenter(sam3):
     # The random model scores every query about 0.25: threshold 0 keeps them all.
-    return Segmenter(sam3, score_threshold=0.0)
+    return load_segmenter(sam3, score_threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_one_batched_pass_equals_the_library_path_prompt_by_prompt(segmenter, ph
 
 
 def test_a_high_threshold_finds_nothing_in_a_random_model(sam3, photo):
-    assert not Segmenter(sam3, score_threshold=0.5).segment(photo).any()
+    assert not load_segmenter(sam3, score_threshold=0.5).segment(photo).any()
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,6 @@ def test_an_image_and_video_checkpoint_loads_its_detector(sam3, tmp_path, photo,
     for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json"):
         if (sam3 / name).exists():
             shutil.copy(sam3 / name, video / name)
-    loaded = Segmenter(video, score_threshold=0.0)
+    loaded = load_segmenter(video, score_threshold=0.0)
     assert loaded.info["model_type"] == "sam3_video"
     np.testing.assert_array_equal(loaded.segment(photo), segmenter.segment(photo))

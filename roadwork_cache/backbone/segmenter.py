@@ -65,48 +65,64 @@ def weights_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def load_segmenter(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+) -> Segmenter:
+    """SAM 3 from a local transformers folder; any other folder is one sentence."""
+    folder = Path(folder)
+    kind = sam3_model_type(folder)
+    if kind is None:
+        raise UserError(
+            f"--segmenter {folder} is not a SAM 3 folder (its config.json must have "
+            "model_type 'sam3', or 'sam3_video' with a SAM 3 detector_config)"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import Sam3Model, Sam3Processor
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    try:
+        model = Sam3Model.from_pretrained(folder)
+        processor = Sam3Processor.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load SAM 3 from {folder}: {exc}") from None
+    info = {
+        "path": str(folder.resolve()),
+        "model_type": kind,
+        "weights_sha256": weights_sha256(folder),
+    }
+    return Segmenter(model, processor, device, score_threshold, mask_threshold, info)
+
+
 class Segmenter:
     """segment(image, prompts) -> bool [H, W]: pixels of any instance of any prompt whose
     score (detection x presence) exceeds `score_threshold`."""
 
     def __init__(
         self,
-        folder: str | Path,
+        model,
+        processor,
         device: str | torch.device = "cpu",
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
+        info: dict[str, Any] | None = None,
         query_chunk: int = 64,
     ) -> None:
-        folder = Path(folder)
-        kind = sam3_model_type(folder)
-        if kind is None:
-            raise UserError(
-                f"--segmenter {folder} is not a SAM 3 folder (its config.json must have "
-                "model_type 'sam3', or 'sam3_video' with a SAM 3 detector_config)"
-            )
         if not 0.0 <= score_threshold < 1.0 or not 0.0 <= mask_threshold < 1.0:
             raise UserError("the SAM 3 score and mask thresholds must lie in [0, 1)")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import Sam3Model, Sam3Processor
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
-        try:
-            model = Sam3Model.from_pretrained(folder)
-            self.processor = Sam3Processor.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load SAM 3 from {folder}: {exc}") from None
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.processor = processor
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.query_chunk = query_chunk
         self._text: tuple[tuple[str, ...], Any, torch.Tensor] | None = None
         self.info: dict[str, Any] = {
-            "path": str(folder.resolve()),
-            "model_type": kind,
-            "weights_sha256": weights_sha256(folder),
-            "image_size": int(self.model.config.vision_config.backbone_config.image_size),
+            **(info or {}),
+            "image_size": int(model.config.vision_config.backbone_config.image_size),
             "score_threshold": score_threshold,
             "mask_threshold": mask_threshold,
         }

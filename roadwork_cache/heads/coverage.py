@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 
 class CoveragePredictor(nn.Module):
-    """[B, k, dim] -> [B, k, grid * grid] logits of the share of roadwork in each cell of
+    """[B, V, dim] -> [B, V, grid * grid] logits of the share of roadwork in each cell of
     each view (row-major), trained against the cache's masks (training/losses.py)."""
 
     def __init__(self, dim: int, grid: int, hidden: int | None = None) -> None:

@@ -26,7 +26,7 @@ class HeadOutput:
     weather_logits: Tensor  # [B, n_weather] auxiliary multi-label weather from vision only
     view_index: Tensor  # [B, k] original index of each kept view
     view_gates: Tensor  # [B, k] GAFM gate of each kept view
-    coverage_logits: Tensor | None = None  # [B, k, G*G] roadwork share per cell, kept views
+    coverage_logits: Tensor | None = None  # [B, V, G*G] roadwork share per cell, every view
 
 
 class RoadworkHead(nn.Module):
@@ -34,8 +34,11 @@ class RoadworkHead(nn.Module):
 
     pruning -> projection + view embedding -> pyramid -> gated attention stack -> GAFM
     -> concat(vision, metadata) -> fusion -> classifier. meta None means all fields NULL.
-    With `mask_grid`, a coverage predictor reads each kept view's embedding after the
-    attention stack (the auxiliary mask loss's input).
+    With `mask_grid`, a coverage predictor reads every view's own embedding (projection,
+    view embedding and pyramid, before pruning and before any view sees another) and
+    predicts its roadwork share per grid cell: the auxiliary mask loss's input. It sees
+    all views unscaled, so the loss gives pruning no reason to keep views whose coverage
+    is easy to predict.
     """
 
     def __init__(self, config: HeadConfig) -> None:
@@ -73,14 +76,17 @@ class RoadworkHead(nn.Module):
             )
         B = views.shape[0]
         x = views.to(self.input.proj.weight.dtype)  # the cache stores float16
+        coverage = None
+        if self.coverage is not None:
+            every = torch.arange(c.n_views, device=x.device).expand(B, -1)
+            coverage = self.coverage(self.pyramid(self.input(x, every)))  # [B, V, G*G]
         if self.pruning is not None:
             x, index, scores = self.pruning(x)  # [B, k, D], [B, k], [B, V]
         else:
             index, scores = torch.arange(c.n_views, device=x.device).expand(B, -1), None
         x = self.input(x, index)  # [B, k, dim]
         x = self.pyramid(x)
-        x = self.blocks(x)  # [B, k, dim]: each kept view's embedding
-        coverage = self.coverage(x) if self.coverage is not None else None  # [B, k, G*G]
+        x = self.blocks(x)
         embedding, view_logits, gates = self.gafm(x)  # [B, dim], [B, k, 2], [B, k]
 
         if meta is None:

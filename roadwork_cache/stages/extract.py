@@ -347,9 +347,9 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
         )
     segmenter = None
     if spec is not None and spec.source == SAM3:
-        from roadwork_cache.backbone.segmenter import Segmenter
+        from roadwork_cache.backbone.segmenter import load_segmenter
 
-        segmenter = Segmenter(spec.segmenter, device, spec.score_threshold)
+        segmenter = load_segmenter(spec.segmenter, device, spec.score_threshold)
         segmenter.check_prompts(spec.prompts)
 
     lock = writer_lock(cfg.cache) if ranks.is_main else contextlib.nullcontext()

@@ -113,13 +113,13 @@ def weather_aux_loss(
 
 
 def coverage_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of ``logits [B, k, C]`` against the roadwork share of each
-    cell ``target [B, k, C]`` (soft targets in [0, 1]), averaged over views and cells, then
+    """Binary cross-entropy of ``logits [B, V, C]`` against the roadwork share of each
+    cell ``target [B, V, C]`` (soft targets in [0, 1]), averaged over views and cells, then
     over rows weighted by ``weight [B]`` (0 for a row without a mask). With no weight left
     it is a zero that still belongs to the graph."""
     if logits.shape != target.shape or logits.ndim != 3:
         raise UserError(
-            f"coverage loss expects logits and targets of one shape [B, k, C], got "
+            f"coverage loss expects logits and targets of one shape [B, V, C], got "
             f"{tuple(logits.shape)} and {tuple(target.shape)}."
         )
     per_row = F.binary_cross_entropy_with_logits(
@@ -152,9 +152,7 @@ def mask_losses(
     zero = out.logits.float().sum() * 0.0
     cover = prune = zero
     if out.coverage_logits is not None and weights.mask != 0:
-        cells = coverage.shape[-1]
-        kept = coverage.gather(1, out.view_index[..., None].expand(-1, -1, cells))
-        cover = coverage_loss(out.coverage_logits, kept, weight)
+        cover = coverage_loss(out.coverage_logits, coverage, weight)
     if out.view_scores is not None and weights.mask_pruning != 0:
         prune = pruning_mask_loss(out.view_scores, coverage, weight)
     return cover, prune
