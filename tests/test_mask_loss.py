@@ -4,11 +4,13 @@ cache's masks, and on planted features what they buy."""
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from helpers import SMALL_HEAD, planted_cache, run_cli
 from roadwork_cache.heads import HeadConfig, MetadataBatch, RoadworkHead
+from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.training.loop import TrainConfig, Trainer
 from roadwork_cache.training.losses import (
     LossWeights,
@@ -16,6 +18,7 @@ from roadwork_cache.training.losses import (
     mask_losses,
     pruning_mask_loss,
 )
+from roadwork_cache.training.metrics import binary_metrics
 
 
 def head(grid: int, seed: int = 0, **over) -> RoadworkHead:
@@ -84,7 +87,7 @@ def train(model, x, y, meta, masks=None, present=None, epochs=2):
     return trainer.fit(np.arange(64), np.arange(64, len(y)))
 
 
-def test_rows_without_a_mask_train_exactly_as_without_masks():
+def test_rows_without_a_mask_train_exactly_as_without_masks(one_thread):
     x, y, meta = features()
     # no dropout: the predictor's pass through the pyramid would draw other dropout masks
     plain, masked = head(0, dropout=0.0), head(4, dropout=0.0)
@@ -97,7 +100,7 @@ def test_rows_without_a_mask_train_exactly_as_without_masks():
         torch.testing.assert_close(trained[key], value, rtol=0, atol=0)
 
 
-def test_rows_with_a_mask_train_the_predictor():
+def test_rows_with_a_mask_train_the_predictor(one_thread):
     x, y, meta = features()
     coverage = np.random.default_rng(3).random((len(y), 12, 16)).astype(np.float16)
     result = train(head(4), x, y, meta, [coverage], None)
@@ -126,7 +129,7 @@ def planted_views(n, seed, signal=3.0, dim=32):
     return x, y, planted, coverage
 
 
-def test_compare_mask_loss_trains_both_and_reports_both(monkeypatch, capsys, tmp_path):
+def test_compare_mask_loss_trains_both_and_reports_both(monkeypatch, capsys, tmp_path, one_thread):
     from roadwork_cache.inference.head_folder import load_head
     from roadwork_cache.inference.run_folder import read_run
 
@@ -156,3 +159,86 @@ def test_compare_mask_loss_needs_masks(monkeypatch, capsys, tmp_path):
     code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
                    "--epochs", "1", "--no-progress", "--compare-mask-loss")  # fmt: skip
     assert code == 2 and "needs a cache with masks" in capsys.readouterr().err
+
+
+@pytest.fixture
+def one_thread():
+    # Small matmuls gain nothing from a second thread, and on a busy 2-core machine the
+    # threads' spin-waiting makes training ten times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fit_planted(seed: int, with_masks: bool) -> tuple[float, float]:
+    """(pruning's recall of the planted views on test positives, test MCC at 0.5) of a head
+    keeping 2 of 12 views, trained with the default mask loss or without masks."""
+    # a large validation set: the best epoch is chosen on it, and a small one makes that
+    # choice (and so every figure) noisy
+    x, y, planted, coverage = planted_views(1520, seed)
+    train_idx, val_idx, test_idx = np.arange(320), np.arange(320, 720), np.arange(720, 1520)
+    config = HeadConfig(
+        in_dim=32, keep=2, **{**SMALL_HEAD, "dropout": 0.0}, mask_grid=4 if with_masks else 0
+    )
+    torch.manual_seed(seed)
+    model = RoadworkHead(config)
+    none = [None] * len(y)
+    meta = MetadataBatch.from_values(config, gps=none, weather=[[]] * len(y), daytime=none,
+                                     scene=none)  # fmt: skip
+    cfg = TrainConfig(epochs=15, batch_size=32, lr=3e-3, patience=15, seed=seed)
+    assert cfg.loss.mask > 0 and cfg.loss.mask_pruning == 0  # the defaults
+    trainer = Trainer(model, cfg, [x], y, meta, torch.device("cpu"),
+                      masks=[coverage] if with_masks else None)  # fmt: skip
+    trainer.fit(train_idx, val_idx)
+    prob, _ = head_outputs(model, x[test_idx], None, torch.device("cpu"))
+    mcc = binary_metrics(y[test_idx], prob, 0.5)["mcc"]
+    with torch.no_grad():
+        kept = model(torch.from_numpy(x[test_idx])).view_index.numpy()
+    pos = np.flatnonzero(y[test_idx])
+    rows = test_idx[pos]
+    recall = np.mean(
+        [planted[i][k].sum() / planted[i].sum() for i, k in zip(rows, kept[pos], strict=True)]
+    )
+    return float(recall), float(mcc)
+
+
+def test_the_mask_loss_raises_pruning_recall_of_the_signal_view_and_keeps_mcc(one_thread):
+    """Positives carry the signal in one or two of the 12 views and the masks mark those;
+    the head keeps 2 views. Over three seeds, the default mask loss makes pruning keep the
+    marked views more often, and the test MCC does not fall.
+
+    (Measured with this code over seeds 0-7: recall 0.56 -> 0.66 on average, higher in 6
+    seeds and equal in one; MCC 0.47 -> 0.59, higher in 7; seed 4 learns nothing either
+    way.)"""
+    without = [fit_planted(seed, False) for seed in (0, 1, 2)]
+    with_masks = [fit_planted(seed, True) for seed in (0, 1, 2)]
+    recall = [np.mean([r for r, _ in runs]) for runs in (without, with_masks)]
+    mcc = [np.mean([m for _, m in runs]) for runs in (without, with_masks)]
+    assert recall[1] > recall[0] + 0.05, (without, with_masks)
+    assert mcc[1] >= mcc[0], (without, with_masks)
+
+
+def test_pruning_supervision_teaches_the_scorer_which_views_hold_roadwork(one_thread):
+    from sklearn.metrics import roc_auc_score
+
+    x, y, planted, coverage = planted_views(400, 0)
+    torch.manual_seed(0)
+    model = RoadworkHead(HeadConfig(in_dim=32, keep=2, **{**SMALL_HEAD, "dropout": 0.0}))
+    weights = LossWeights(mask=0.0, mask_pruning=1.0)
+    optim = torch.optim.Adam(model.pruning.parameters(), lr=1e-2)
+    feats, cover = torch.from_numpy(x), torch.from_numpy(coverage)
+
+    def auc() -> float:
+        with torch.no_grad():
+            scores = model(feats[200:]).view_scores.numpy()
+        return roc_auc_score(planted[200:].ravel(), scores.ravel())
+
+    before = auc()
+    for _ in range(100):
+        _, loss = mask_losses(model(feats[:200]), cover[:200], torch.ones(200), weights)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    # a 3-sigma signal along one direction allows an AUC of 0.98 at best
+    assert before < 0.7 and auc() > 0.9, (before, auc())

@@ -101,7 +101,10 @@ def _load(sample: Sample, spec: MaskSpec, view_size: int, max_pixels: int) -> _R
     if spec.source == SAM3:
         full = image
         if image.size != (width, height):  # a reduced JPEG draft: SAM 3 sees every pixel
-            full = decode_image(sample.image_bytes, max_pixels)
+            try:
+                full = decode_image(sample.image_bytes, max_pixels)
+            except ImageError:
+                return _Row(reason="image unusable")
         return _Row(image=image, full=full)
     try:
         mask = decode_mask(sample.mask, spec.classes, max_pixels)

@@ -174,7 +174,7 @@ class LossWeights:
 @dataclass
 class LossParts:
     """The combined loss and its unweighted terms (zero tensors for terms not computed;
-    None for the mask terms of a run without masks)."""
+    the mask terms are None in a run without masks)."""
 
     total: torch.Tensor
     focal: torch.Tensor
@@ -184,8 +184,8 @@ class LossParts:
     mask_pruning: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, float]:
-        """Floats for logging."""
-        return {k: 0.0 if v is None else float(v.detach()) for k, v in asdict(self).items()}
+        """Floats for logging (the mask terms only when they were computed)."""
+        return {k: float(v.detach()) for k, v in asdict(self).items() if v is not None}
 
 
 def total_loss(
