@@ -101,10 +101,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--images", type=int, default=8, help="images for the shard pass")
     parser.add_argument("--variants", default="clean,aug:1,natix:4,tta:8")
+    parser.add_argument("--threads", type=int, help="torch threads and mask threads")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     big = args.full or args.segmenter is not None
     preset = get_preset(args.preset or ("vith16plus" if big else "tiny"))
     view_size = args.view_size or preset.view_size
@@ -181,7 +182,6 @@ def main() -> None:
         variants = parse_variants(args.variants)
         samples = [Sample(id=str(i), image_bytes=data, source="bench") for i in range(args.images)]
         spec = MaskSpec("sam3", segmenter="bench")
-        threads = max(1, (os.cpu_count() or 1) - 1)
         start = time.perf_counter()
         shard_masks(samples, variants, view_size, spec, seg, threads)
         t = time.perf_counter() - start

@@ -158,7 +158,7 @@ def test_compare_mask_loss_needs_masks(monkeypatch, capsys, tmp_path):
     cache, _, _ = planted_cache(tmp_path / "cache", n=60)
     code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
                    "--epochs", "1", "--no-progress", "--compare-mask-loss")  # fmt: skip
-    assert code == 2 and "needs a cache with masks" in capsys.readouterr().err
+    assert code == 2 and "needs masks of the training variants" in capsys.readouterr().err
 
 
 @pytest.fixture

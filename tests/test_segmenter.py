@@ -47,20 +47,28 @@ def test_the_folder_is_a_real_transformers_sam3(sam3):
 
 def test_one_batched_pass_equals_the_library_path_prompt_by_prompt(segmenter, photo):
     """transformers' documented use, one prompt at a time (processor -> model -> instance
-    post-processing), united over the prompts, against the batched fast path."""
+    post-processing), united over the prompts, against the batched fast path. Masks are
+    post-processed at most at the model's input side (112 px here), then brought to the
+    photo's size with nearest neighbours."""
     proc, model = segmenter.processor, segmenter.model
-    union = np.zeros((photo.height, photo.width), bool)
+    side = model.config.vision_config.backbone_config.image_size
+    scale = side / max(photo.size)
+    w, h = round(photo.width * scale), round(photo.height * scale)
+    union = np.zeros((h, w), bool)
     with torch.inference_mode():
         for prompt in DEFAULT_PROMPTS:
             out = model(**proc(images=photo, text=prompt, return_tensors="pt"))
             found = proc.post_process_instance_segmentation(
-                out, threshold=0.0, mask_threshold=0.5, target_sizes=[(photo.height, photo.width)]
+                out, threshold=0.0, mask_threshold=0.5, target_sizes=[(h, w)]
             )[0]
             union |= found["masks"].bool().any(0).numpy()
+    expected = np.asarray(Image.fromarray(union).resize(photo.size, Image.Resampling.NEAREST))
     mask = segmenter.segment(photo, DEFAULT_PROMPTS)
     assert mask.shape == (90, 160) and mask.dtype == bool
     assert 0.05 < mask.mean() < 0.99  # a real, partial mask
-    np.testing.assert_array_equal(mask, union)
+    np.testing.assert_array_equal(mask, expected)
+    small = segmenter.segment(photo, DEFAULT_PROMPTS, size=(w, h))  # no resize below the cap
+    np.testing.assert_array_equal(small, union)
 
 
 def test_a_high_threshold_finds_nothing_in_a_random_model(sam3, photo):
@@ -138,6 +146,8 @@ def natix_bytes(source, row: int) -> bytes:
         (("--masks", "sam3", "--segmenter", "SAM3", "--prompts", "cone " * 40), "tokens long"),
         (("--masks", "sam4"), "must be 'sam3' or 'column:NAME'"),
         (("--masks", "column:mask", "--mask-grid", "0"), "--mask-grid"),
+        (("--masks", "sam3", "--segmenter", "SAM3", "--mask-score", "1.5"), "--mask-score"),
+        (("--masks", "column:mask", "--mask-dtype", "int8"), "--mask-dtype"),
     ],
 )
 def test_bad_mask_flags_are_one_sentence(

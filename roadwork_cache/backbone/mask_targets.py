@@ -53,6 +53,8 @@ class MaskSpec:
             raise UserError("--masks sam3 needs --segmenter, a local SAM 3 folder")
         if not 1 <= self.grid <= 64:
             raise UserError(f"--mask-grid must be 1 to 64, not {self.grid}")
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise UserError(f"--mask-score must lie in [0, 1), not {self.score_threshold}")
         if self.dtype not in MASK_DTYPES:
             raise UserError(f"--mask-dtype must be one of {', '.join(MASK_DTYPES)}")
 

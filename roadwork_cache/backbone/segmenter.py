@@ -158,10 +158,18 @@ class Segmenter:
         size: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """bool [h, w] at `size` (width, height; default the image's): the union of every
-        kept instance mask of every prompt, from the image at its full resolution."""
+        kept instance mask of every prompt, from the image at its full resolution.
+
+        SAM 3 predicts masks at a quarter of its input side (288 px for 1008): they are
+        upsampled at most to the input side (the library's bilinear post-processing), and
+        the union is brought to `size` with nearest neighbours, which only moves borders by
+        less than a pixel of that resolution and saves upsampling every kept instance to a
+        12-megapixel photo."""
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-        width, height = size or image.size
+        out_size = size or image.size
+        scale = min(1.0, self.info["image_size"] / max(out_size))
+        width, height = (max(1, round(v * scale)) for v in out_size)
         prompts = tuple(prompts)
         text_embeds, text_mask = self._text_features(prompts)
         pixels = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
@@ -203,4 +211,6 @@ class Segmenter:
                 )[0]
                 if len(found["masks"]):
                     union |= found["masks"].bool().any(0).cpu()
-        return union.numpy()
+        if (width, height) == tuple(out_size):
+            return union.numpy()
+        return np.asarray(Image.fromarray(union.numpy()).resize(out_size, Image.Resampling.NEAREST))

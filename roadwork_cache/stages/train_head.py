@@ -132,7 +132,15 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     meta = metadata_batch(config, data)
     mask_info = describe_masks(data, opts, variants)
     model, result = fit_head(
-        config, opts, data, variants, meta, device, (train_idx, val_idx, weights), "train-head"
+        config,
+        opts,
+        data,
+        variants,
+        meta,
+        device,
+        (train_idx, val_idx, weights),
+        "train-head",
+        masks=mask_info["used"],
     )
     baseline = fit_baseline(data, train_idx, opts.train.seed)
     sets = {"val": val_idx, "test": test_idx}
@@ -211,10 +219,10 @@ def fit_head(
     device: torch.device,
     split: tuple[np.ndarray, np.ndarray, np.ndarray | None],
     label: str,
-    masks: bool = True,
+    masks: bool,
 ) -> tuple[RoadworkHead, TrainResult]:
-    """A head trained on `variants` (with the mask losses when the cache has masks and
-    `masks`), from the run's seed, so two heads differ only in what they were asked."""
+    """A head trained on `variants` (with the mask losses when `masks`), from the run's
+    seed, so two heads differ only in what they were asked."""
     train_idx, val_idx, weights = split
     torch.manual_seed(opts.train.seed)
     model = RoadworkHead(config)

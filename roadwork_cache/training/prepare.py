@@ -172,7 +172,7 @@ def describe_masks(data: CacheData, opts: TrainHeadOptions, variants: list[str])
         )
     elif opts.compare_mask_loss:
         raise UserError(
-            "--compare-mask-loss needs a cache with masks (roadwork extract --masks) and a "
-            "mask loss weight above 0"
+            "--compare-mask-loss needs masks of the training variants (roadwork extract "
+            "--masks) and a mask loss weight above 0"
         )
     return info
