@@ -77,6 +77,7 @@ def planted_cache(
     test_fraction: float = 0.25,
     cities: tuple = ((39.77, -86.16), (42.36, -71.06), (33.45, -112.07)),
     leaky_daytime: bool = False,
+    masks: bool = False,
 ):
     """A finished cache whose features carry a known signal.
 
@@ -84,7 +85,9 @@ def planted_cache(
     (views 1-9) and nowhere else: the global view (0) holds no signal, so a global-view
     baseline is near chance while a head that looks at tiles can find it. `description` is
     set only on positives (the real data's leak); `leaky_daytime` makes daytime the label too.
-    Returns (cache path, planted view mask
+    With `masks`, the cache also holds masks of `clean` that mark the signal: a planted view's
+    coverage is 1 in a random 2 x 2 block of its 4 x 4 grid, every other view's is 0. Returns
+    (cache path, planted view mask
     [n, 12] bool, labels).
     """
     import numpy as np
@@ -117,6 +120,14 @@ def planted_cache(
         chunk_rows=16,
     )
     cache.ensure_variant("clean")
+    coverage = np.zeros((n, 12, 16), np.float32)
+    if masks:
+        record = {"source": "column:planted", "grid": 4, "dtype": "uint8", "prompts": None}
+        cache.record_masks({**record, "classes": None, "segmenter": None}, ["clean"])
+        for i, v in zip(*np.nonzero(planted), strict=True):
+            r, c = rng.integers(0, 3, size=2)
+            cells = coverage[i, v].reshape(4, 4)
+            cells[r : r + 2, c : c + 2] = 1.0
     city = rng.integers(0, len(cities), size=n // 3 + 1)
     for shard in cache.shards():
         rows = []
@@ -147,6 +158,9 @@ def planted_cache(
         text[mask, 0] = 1.0
         cache.write_text(shard, text, mask)
         cache.write_samples(shard, rows)
+        if masks:
+            cache.write_masks("clean", shard, coverage[shard.start : shard.stop])
+            cache.write_mask_present(shard, np.ones(len(shard), bool))
     cache.finalize()
     return root, planted, labels
 

@@ -126,6 +126,40 @@ def extract(
     text: Annotated[
         bool, typer.Option(help="Embed scene_description with the bundled all-MiniLM-L6-v2.")
     ] = True,
+    masks: Annotated[
+        str | None,
+        typer.Option(
+            help="Roadwork masks as an auxiliary target: 'sam3' (SAM 3 from text prompts, "
+            "needs --segmenter) or 'column:NAME' (supplied PNG masks in that parquet or "
+            "manifest column). A manifest's 'mask' column is read without this flag."
+        ),
+    ] = None,
+    segmenter: Annotated[
+        str | None, typer.Option(help="A local SAM 3 transformers folder (for --masks sam3).")
+    ] = None,
+    prompts: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated SAM 3 text prompts (default: cones, barrels, barriers, "
+            "barricades, road work signs, workers, work vehicles)."
+        ),
+    ] = None,
+    mask_grid: Annotated[
+        int, typer.Option(help="Each view's mask coverage on a G x G grid of cells.")
+    ] = 4,
+    mask_dtype: Annotated[
+        str, typer.Option(help="Stored coverage: uint8 (share x 255) or float16.")
+    ] = "uint8",
+    mask_classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Class ids of indexed masks that are roadwork, e.g. '1,2,5-7' (default: "
+            "every non-zero class)."
+        ),
+    ] = None,
+    mask_score: Annotated[
+        float, typer.Option(help="SAM 3 instances scoring above this are roadwork.")
+    ] = 0.5,
     progress: Progress = True,
 ) -> None:
     """Run the frozen DINOv3 backbone once over the 12 views of every image into a Zarr cache.
@@ -133,9 +167,12 @@ def extract(
     Re-running on an existing cache resumes: shards already written are skipped, and new
     variants are added without recomputing the old ones. Unreadable images become rows with
     status 'error' and the run goes on. Multi-GPU: torchrun --nproc-per-node N -m
-    roadwork_cache.cli extract ... (same arguments).
+    roadwork_cache.cli extract ... (same arguments). With --masks (or a manifest's 'mask'
+    column) each variant's per-view roadwork share is stored beside the features; masks
+    added to an existing cache are all that is computed.
     """
     from roadwork_cache.cli.app import at_least, check_flags
+    from roadwork_cache.readers.masks import parse_classes
     from roadwork_cache.reports.tables import extract_table
     from roadwork_cache.runtime.progress import console, results
     from roadwork_cache.stages.extract import ExtractConfig, run_extract
@@ -165,6 +202,13 @@ def extract(
         text=text,
         splits=[x for x in splits.split(",") if x.strip()] if splits else None,
         progress=progress,
+        masks=masks,
+        segmenter=segmenter,
+        prompts=[p.strip() for p in prompts.split(",") if p.strip()] if prompts else None,
+        mask_grid=mask_grid,
+        mask_dtype=mask_dtype,
+        mask_classes=parse_classes(mask_classes),
+        mask_score_threshold=mask_score,
     )
     try:
         summary = run_extract(cfg)
@@ -238,5 +282,7 @@ def cache_verify(
         raise typer.Exit(1)
     results.print(
         f"[green]✓[/] {path}: {cache.n_rows} rows, {len(cache.shards())} shards x "
-        f"{len(cache.variants())} variant(s) + text, all complete and finite"
+        f"{len(cache.variants())} variant(s) + text"
+        + (f" + masks of {len(cache.mask_variants())}" if cache.mask_variants() else "")
+        + ", all complete and finite"
     )

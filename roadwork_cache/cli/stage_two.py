@@ -90,6 +90,24 @@ def train_head(
         float, typer.Option(help="Weight of the multi-view consistency loss.")
     ] = 0.1,
     w_weather: Annotated[float, typer.Option(help="Weight of the auxiliary weather loss.")] = 0.1,
+    w_mask: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the auxiliary mask loss (each view's roadwork coverage grid), "
+            "used when the cache has masks; 0 turns it off."
+        ),
+    ] = 0.2,
+    mask_pruning: Annotated[
+        float,
+        typer.Option(help="Weight of the masks' supervision of the pruning scorer (0: off)."),
+    ] = 0.0,
+    compare_mask_loss: Annotated[
+        bool,
+        typer.Option(
+            "--compare-mask-loss",
+            help="Also train the head without the mask losses and report both MCCs.",
+        ),
+    ] = False,
     variants: Annotated[
         str | None,
         typer.Option(
@@ -171,7 +189,9 @@ def train_head(
         patience=patience,
     )
     loss_values = dict(train_values.get("loss") or {})
-    loss_values.update(consistency=w_consistency, weather=w_weather)
+    loss_values.update(
+        consistency=w_consistency, weather=w_weather, mask=w_mask, mask_pruning=mask_pruning
+    )
     train_cfg = TrainConfig.from_dict({**train_values, "loss": loss_values})
     opts = TrainHeadOptions(
         cache=cache,
@@ -187,9 +207,12 @@ def train_head(
         device=device,
         progress=progress,
         overwrite=overwrite,
+        compare_mask_loss=compare_mask_loss,
     )
     result = run_train_head(opts)
     results.print(result["table"])
+    if result.get("mask_table") is not None:
+        results.print(result["mask_table"])
     results.print(
         f"run folder: {result['out']} (config.json, model.safetensors, metrics.json,"
         " predictions.parquet, curve.png)"

@@ -49,6 +49,8 @@ class HeadConfig:
     fusion_dim: int = 512
     classifier_dim: int = 256
     n_classes: int = 2
+    # auxiliary roadwork coverage: G of the cache's G x G mask grid; 0 = no coverage head
+    mask_grid: int = 0
 
     def __post_init__(self) -> None:
         # JSON gives lists; the dataclass keeps tuples so configs compare and hash as values.
@@ -112,6 +114,8 @@ class HeadConfig:
         unknown = sorted(set(self.meta_fields) - set(META_FIELDS))
         if unknown:
             problems.append(f"unknown meta_fields {unknown} (known: {list(META_FIELDS)})")
+        if self.mask_grid < 0:
+            problems.append("mask_grid must be 0 (none) or the cache's mask grid")
         if self.n_classes != 2:
             problems.append("n_classes must be 2 (roadwork / no roadwork)")
         if problems:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from roadwork_cache.heads.attention import GatedAttentionStack
 from roadwork_cache.heads.config import HeadConfig
+from roadwork_cache.heads.coverage import CoveragePredictor
 from roadwork_cache.heads.gafm import GAFM
 from roadwork_cache.heads.layers import InputProjection, MultiScalePyramid
 from roadwork_cache.heads.metadata import MetadataBatch, MetadataEncoder
@@ -25,6 +26,7 @@ class HeadOutput:
     weather_logits: Tensor  # [B, n_weather] auxiliary multi-label weather from vision only
     view_index: Tensor  # [B, k] original index of each kept view
     view_gates: Tensor  # [B, k] GAFM gate of each kept view
+    coverage_logits: Tensor | None = None  # [B, V, G*G] roadwork share per cell, every view
 
 
 class RoadworkHead(nn.Module):
@@ -32,6 +34,11 @@ class RoadworkHead(nn.Module):
 
     pruning -> projection + view embedding -> pyramid -> gated attention stack -> GAFM
     -> concat(vision, metadata) -> fusion -> classifier. meta None means all fields NULL.
+    With `mask_grid`, a coverage predictor reads every view's own embedding (projection,
+    view embedding and pyramid, before pruning and before any view sees another) and
+    predicts its roadwork share per grid cell: the auxiliary mask loss's input. It sees
+    all views unscaled, so the loss gives pruning no reason to keep views whose coverage
+    is easy to predict.
     """
 
     def __init__(self, config: HeadConfig) -> None:
@@ -57,6 +64,8 @@ class RoadworkHead(nn.Module):
             nn.Dropout(c.dropout),
             nn.Linear(c.classifier_dim, c.n_classes),
         )
+        # Built last, so a head with and one without it start from the same weights.
+        self.coverage = CoveragePredictor(c.dim, c.mask_grid) if c.mask_grid else None
 
     def forward(self, views: Tensor, meta: MetadataBatch | None = None) -> HeadOutput:
         c = self.config
@@ -67,6 +76,10 @@ class RoadworkHead(nn.Module):
             )
         B = views.shape[0]
         x = views.to(self.input.proj.weight.dtype)  # the cache stores float16
+        coverage = None
+        if self.coverage is not None:
+            every = torch.arange(c.n_views, device=x.device).expand(B, -1)
+            coverage = self.coverage(self.pyramid(self.input(x, every)))  # [B, V, G*G]
         if self.pruning is not None:
             x, index, scores = self.pruning(x)  # [B, k, D], [B, k], [B, V]
         else:
@@ -87,4 +100,5 @@ class RoadworkHead(nn.Module):
             weather_logits=self.weather_head(embedding),
             view_index=index,
             view_gates=gates,
+            coverage_logits=coverage,
         )

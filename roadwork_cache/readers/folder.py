@@ -3,7 +3,8 @@
 A manifest has one row per image: `filename` (relative to the folder) and `label`, and
 optionally any NATIX metadata column (`gps`, `city_name`, `scene_description`,
 `video_info.vid_id`, `scene_level_tags.weather`, ...) or its short name (`vid_id`, `city`,
-`weather`, `daytime`, `scene`, `alteration`, `description`), plus `id` and `split`.
+`weather`, `daytime`, `scene`, `alteration`, `description`), plus `id` and `split`, and
+`mask`: a supplied roadwork mask file (relative to the folder), used whenever present.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from roadwork_cache.readers.masks import read_mask_ref
 from roadwork_cache.readers.natix import sample_from_record
 from roadwork_cache.readers.schema import Sample
 from roadwork_cache.runtime.errors import UserError
@@ -27,6 +29,8 @@ SHORT_NAMES = {
     "alteration": "scene_level_tags.travel_alteration",
     "description": "scene_description",
 }
+
+MASK_COLUMN = "mask"
 
 
 def read_image_manifest(path: Path) -> list[dict[str, Any]]:
@@ -59,12 +63,16 @@ class ImageFolderReader:
 
     kind = "image-folder"
 
-    def __init__(self, manifest: Path, root: Path | None = None):
+    def __init__(self, manifest: Path, root: Path | None = None, mask_column: str | None = None):
         self.manifest = manifest
         self.root = root or manifest.parent
         self.rows = read_image_manifest(manifest)
         if not self.rows:
             raise UserError(f"manifest {manifest} lists no images")
+        if mask_column is not None and mask_column not in self.rows[0]:
+            raise UserError(f"manifest {manifest} has no mask column {mask_column!r}")
+        # The manifest's `mask` column is used whenever present.
+        self.mask_column = mask_column or (MASK_COLUMN if MASK_COLUMN in self.rows[0] else None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,4 +100,7 @@ class ImageFolderReader:
             record.setdefault("id", Path(name).stem or None)
             sample = sample_from_record(record, name or str(self.manifest), None)
             sample.error = error or sample.error
+            if self.mask_column is not None:
+                ref = row.get(self.mask_column)
+                sample.mask, sample.mask_error = read_mask_ref(ref, self.root)
             yield sample

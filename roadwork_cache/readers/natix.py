@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from roadwork_cache.readers import metadata as md
+from roadwork_cache.readers.masks import read_mask_ref
 from roadwork_cache.readers.schema import NATIX_COLUMNS, REQUIRED_COLUMNS, Sample
 from roadwork_cache.runtime.errors import UserError
 
@@ -73,10 +74,11 @@ class NatixParquetReader:
 
     kind = "natix-parquet"
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], mask_column: str | None = None):
         if not files:
             raise UserError("no parquet files to read")
         self.files = sorted(files)
+        self.mask_column = mask_column  # a column of supplied roadwork masks, if any
         self._row_groups: list[tuple[Path, int, int, int]] = []  # (file, group, first row, n)
         first = 0
         for path in self.files:
@@ -84,6 +86,8 @@ class NatixParquetReader:
                 meta = pq.ParquetFile(path).metadata
             except Exception as exc:
                 raise UserError(f"{path} is not a readable parquet file: {exc}") from None
+            if mask_column is not None and mask_column not in meta.schema.to_arrow_schema().names:
+                raise UserError(f"{path} has no mask column {mask_column!r}")
             for group in range(meta.num_row_groups):
                 n = meta.row_group(group).num_rows
                 self._row_groups.append((path, group, first, n))
@@ -103,9 +107,14 @@ class NatixParquetReader:
             if first + n <= start or first >= stop:
                 continue  # skipped from the footer alone: no bytes read
             handle = pq.ParquetFile(path)
-            columns = [c for c in handle.schema_arrow.names if c in NATIX_COLUMNS or c == "split"]
+            wanted = {*NATIX_COLUMNS, "split", self.mask_column}
+            columns = [c for c in handle.schema_arrow.names if c in wanted]
             table = handle.read_row_group(group, columns=columns)
             split = split_from_path(path)
             lo, hi = max(start - first, 0), min(stop - first, n)
             for offset, record in enumerate(table.slice(lo, hi - lo).to_pylist(), start=lo):
-                yield sample_from_record(record, f"{path.name}:{first + offset}", split)
+                sample = sample_from_record(record, f"{path.name}:{first + offset}", split)
+                if self.mask_column is not None:
+                    ref = record.get(self.mask_column)
+                    sample.mask, sample.mask_error = read_mask_ref(ref, path.parent)
+                yield sample

@@ -58,3 +58,7 @@ class Sample:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    # A supplied roadwork mask (PNG bytes); None when the row has none. `mask_error` says
+    # why a mask the row names could not be read (the row keeps its image).
+    mask: bytes | None = None
+    mask_error: str | None = None

@@ -14,10 +14,21 @@ MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 Reader = NatixParquetReader | ImageFolderReader
 
 
-def open_source(spec: str, manifest: str | None = None, splits: list[str] | None = None) -> Reader:
+def open_source(
+    spec: str,
+    manifest: str | None = None,
+    splits: list[str] | None = None,
+    mask_column: str | None = None,
+) -> Reader:
     """Resolve a user's source argument: parquet glob/dir/file, or a folder with a manifest;
-    `splits` keeps only the rows of those splits."""
+    `splits` keeps only the rows of those splits; `mask_column` names a column of supplied
+    roadwork masks (a manifest's `mask` column is read without it)."""
     reader = _open(spec, manifest)
+    if mask_column is not None:
+        if isinstance(reader, NatixParquetReader):
+            reader = NatixParquetReader(reader.files, mask_column)
+        else:
+            reader = ImageFolderReader(reader.manifest, reader.root, mask_column)
     return reader if not splits else select_splits(reader, splits)
 
 
@@ -35,7 +46,7 @@ def select_splits(reader: Reader, splits: list[str]) -> Reader:
         files = [f for f in reader.files if split_from_path(f) in wanted]
         if not files:
             raise UserError(f"no parquet shards of split(s) {', '.join(sorted(wanted))}")
-        return NatixParquetReader(files)
+        return NatixParquetReader(files, reader.mask_column)
     rows = [r for r in reader.rows if normalise_split(r.get("split")) in wanted]
     if not rows:
         raise UserError(

@@ -62,6 +62,39 @@ def train_head_table(
     return table
 
 
+NO_MASK_MODEL = "head-nomask"  # the head trained again without the mask losses
+
+
+def mask_loss_table(rows: list[dict[str, Any]], random_init: bool) -> Table:
+    """MCC of the head with the mask losses beside the same head trained without them,
+    metadata-free (what a validator sends), per set, variant group and threshold."""
+    title = "train-head: MCC with and without the mask loss (metadata none)"
+    if random_init:
+        title += "\n[yellow]random backbone weights: this measures the machinery, not quality"
+    table = Table(title=title)
+    for col in ("set", "variant", "thr", "with mask loss", "without", "difference"):
+        table.add_column(col, justify="left" if col in ("set", "variant", "thr") else "right")
+    index = {
+        (r["model"], r["set"], r["variant"], r["threshold_kind"]): r
+        for r in rows
+        if r["metadata"] == "none"
+    }
+    for model, set_name, variant, kind in index:
+        other = index.get((NO_MASK_MODEL, set_name, variant, kind))
+        if model != "head" or other is None:
+            continue
+        with_mcc, without = index[(model, set_name, variant, kind)]["mcc"], other["mcc"]
+        table.add_row(
+            set_name,
+            variant,
+            kind,
+            f"{with_mcc:+.3f}",
+            f"{without:+.3f}",
+            f"{with_mcc - without:+.3f}",
+        )
+    return table
+
+
 def extract_table(summary: ExtractSummary) -> Table:
     table = Table(title=f"extract: {summary.cache}")
     table.add_column("what")
@@ -79,6 +112,14 @@ def extract_table(summary: ExtractSummary) -> Table:
     table.add_row("images / s (all variants)", f"{summary.images_per_s:.2f}")
     if summary.random_init:
         table.add_row("[yellow]backbone", "[yellow]random weights (tiny preset)")
+    if summary.masks:
+        m = summary.masks
+        grid = m["grid"]
+        table.add_row("masks", f"{m['source']}, {grid}x{grid} grid per view, {m['dtype']}")
+        table.add_row("rows with a mask", f"{summary.mask_rows} / {summary.rows}")
+        for reason, count in summary.mask_reasons.most_common(5):
+            table.add_row(f"  no mask: {reason}", str(count))
+        table.add_row("mask seconds (this run)", f"{summary.mask_seconds:.1f}")
     return table
 
 
@@ -185,6 +226,10 @@ class ExtractSummary:
     images_per_s: float = 0.0
     random_init: bool = False
     variants: list[str] = field(default_factory=list)
+    masks: dict[str, Any] | None = None  # the cache's mask record, when it has masks
+    mask_rows: int = 0  # rows with a mask
+    mask_reasons: Counter = field(default_factory=Counter)  # this run: why rows have none
+    mask_seconds: float = 0.0
 
 
 def answers_table(answers: list[Answer], predictor: Predictor) -> Table:
@@ -250,6 +295,21 @@ def cache_info_table(info: dict[str, Any]) -> Table:
         table.add_row(f"variants {kind}", f"{names} (recipe v{recipes[0].get('version')})")
         for op in recipes[0].get("ops", []):
             table.add_row("", f"[dim]{op}")
+    masks = info.get("masks")
+    if masks:
+        grid = masks["grid"]
+        table.add_row(
+            "masks",
+            f"{masks['source']}, {grid}x{grid} grid per view, {masks['dtype']}; "
+            f"{info.get('mask_rows', '-')} rows with a mask",
+        )
+        if masks.get("prompts"):
+            table.add_row("", f"[dim]prompts: {', '.join(masks['prompts'])}")
+        if masks.get("segmenter"):
+            seg = masks["segmenter"]
+            table.add_row(
+                "", f"[dim]segmenter {seg.get('path')} sha256 {str(seg.get('weights_sha256'))[:12]}"
+            )
     table.add_row("source", str(info.get("source")))
     table.add_row("created", f"{info.get('created')} by roadwork-cache {info.get('tool_version')}")
     return table

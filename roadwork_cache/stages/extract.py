@@ -3,7 +3,9 @@
 Read top to bottom: open the source, load the backbone, open or create the cache, then for
 every shard not yet done: decode and cut views in DataLoader workers, run the backbone on
 all views of a batch of images in one forward, embed the scene descriptions, and write the
-whole shard. A shard already marked done is skipped, so a re-run resumes.
+whole shard. A shard already marked done is skipped, so a re-run resumes. With roadwork
+masks (`--masks`, or a manifest's `mask` column), a second pass per shard writes each
+variant's per-view mask coverage; masks added to an existing cache are all it computes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from roadwork_cache.backbone.loading import load_backbone
+from roadwork_cache.backbone.mask_targets import SAM3, MaskSpec, shard_masks
 from roadwork_cache.backbone.model import FrozenBackbone
 from roadwork_cache.backbone.presets import POOLS, check_normalisation, get_preset
 from roadwork_cache.readers.schema import Sample
@@ -60,6 +63,14 @@ class ExtractConfig:
     variants: list[str] = field(default_factory=lambda: ["clean"])
     text: bool = True
     progress: bool = True
+    # roadwork masks: 'sam3' or 'column:NAME' (a manifest's `mask` column needs neither)
+    masks: str | None = None
+    segmenter: str | None = None
+    prompts: list[str] | None = None
+    mask_grid: int = 4
+    mask_dtype: str = "uint8"
+    mask_classes: tuple[int, ...] | None = None
+    mask_score_threshold: float = 0.5
 
 
 def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> dict[str, Any]:
@@ -247,6 +258,56 @@ def missing_work(cache: Cache, variants: list[str]) -> list[tuple[ShardRange, li
     return work
 
 
+def mask_spec(cfg: ExtractConfig, column: str | None = None) -> MaskSpec | None:
+    """The masks this run makes: from the flags, else from the reader's mask `column`."""
+    source = cfg.masks or (f"column:{column}" if column else None)
+    if source is None:
+        return None
+    extra = {"prompts": tuple(cfg.prompts)} if cfg.prompts else {}
+    return MaskSpec(
+        source,
+        grid=cfg.mask_grid,
+        dtype=cfg.mask_dtype,
+        classes=cfg.mask_classes,
+        segmenter=cfg.segmenter,
+        score_threshold=cfg.mask_score_threshold,
+        **extra,
+    )
+
+
+def missing_mask_work(cache: Cache, variants: list[str]) -> list[tuple[ShardRange, list[str]]]:
+    """(shard, variants whose masks are still to compute) for every shard with mask work."""
+    done = {v: cache.done_shards(f"masks/{v}") for v in variants}
+    present = cache.done_shards("mask_present")
+    work = []
+    for shard in cache.shards():
+        todo = [v for v in variants if shard.index not in done[v]]
+        if todo or shard.index not in present:
+            work.append((shard, todo))
+    return work
+
+
+def write_shard_masks(
+    cache: Cache,
+    shard: ShardRange,
+    variants: list[str],
+    reader,
+    spec: MaskSpec,
+    segmenter,
+    view_size: int,
+    threads: int,
+    advance,
+) -> Counter:
+    """The masks of one shard, every variant written whole, the presence marker last;
+    returns why rows have no mask."""
+    samples = list(reader.iter_samples(shard.start, shard.stop))
+    found = shard_masks(samples, variants, view_size, spec, segmenter, threads, advance=advance)
+    for name, coverage in zip(variants, found.coverage, strict=True):
+        cache.write_masks(name, shard, coverage)
+    cache.write_mask_present(shard, found.present)
+    return found.reasons
+
+
 def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
     """Extract every missing (shard, variant); returns the summary on rank 0, None elsewhere."""
     # Cheap checks of the flags first, so a typo costs no reading and no model loading.
@@ -257,7 +318,9 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
     for name in cfg.variants:
         check_variant(name)
     check_cache_path(cfg.cache)
-    reader = open_source(cfg.source, cfg.manifest, cfg.splits)
+    spec = mask_spec(cfg)
+    reader = open_source(cfg.source, cfg.manifest, cfg.splits, spec.column if spec else None)
+    spec = spec or mask_spec(cfg, reader.mask_column)
     n_rows = len(reader) if cfg.limit is None else min(cfg.limit, len(reader))
     if n_rows == 0:
         raise UserError(f"source {cfg.source} has no rows")
@@ -293,16 +356,25 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
             "[yellow]warning: the tiny backbone has random weights: features "
             "demonstrate the machinery, not image understanding"
         )
+    segmenter = None
+    if spec is not None and spec.source == SAM3:
+        from roadwork_cache.backbone.segmenter import load_segmenter
+
+        segmenter = load_segmenter(spec.segmenter, device, spec.score_threshold)
+        segmenter.check_prompts(spec.prompts)
 
     lock = writer_lock(cfg.cache) if ranks.is_main else contextlib.nullcontext()
     try:
         with lock:
             if ranks.is_main:
-                open_or_create(cfg, backbone, n_rows, reader.describe())
+                made = open_or_create(cfg, backbone, n_rows, reader.describe())
+                if spec is not None:
+                    made.record_masks(spec.attrs(segmenter), cfg.variants)
             ranks.barrier()  # the arrays exist before any rank writes into them
             cache = Cache.open(cfg.cache, mode="a")
             work = missing_work(cache, cfg.variants)
             mine = ranks.mine(work)
+            mask_work = ranks.mine(missing_mask_work(cache, cfg.variants)) if spec else []
             text_encoder = None
             if cfg.text and any(s.index not in cache.done_shards("text") for s, _ in mine):
                 from roadwork_cache.backbone.text import TextEncoder
@@ -318,6 +390,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
             start = time.perf_counter()
             images = 0
             total = sum(len(shard) * max(len(todo), 1) for shard, todo in mine)
+            total += sum(len(shard) for shard, _ in mask_work)
             with progress_bar(disable=not cfg.progress or not ranks.is_main) as bar:
                 task = bar.add_task("extract", total=total, rate="")
 
@@ -331,8 +404,22 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
                     write_shard(
                         cache, shard, todo, reader, backbone, text_encoder, cfg, workers, advance
                     )
-            summary.seconds = time.perf_counter() - start
-            summary.images_per_s = images / summary.seconds if images else 0.0
+                summary.seconds = time.perf_counter() - start
+                summary.images_per_s = images / summary.seconds if images else 0.0
+                masks_start = time.perf_counter()
+                for shard, todo in mask_work:
+                    summary.mask_reasons += write_shard_masks(
+                        cache,
+                        shard,
+                        todo,
+                        reader,
+                        spec,
+                        segmenter,
+                        backbone.info["view_size"],
+                        max(1, workers),
+                        lambda n: bar.update(task, advance=n, rate="masks"),
+                    )
+                summary.mask_seconds = time.perf_counter() - masks_start
             ranks.barrier()  # every shard is written before rank 0 merges the sample rows
             if not ranks.is_main:
                 return None
@@ -344,6 +431,9 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
     summary.errors = len(statuses) - summary.ok
     summary.error_reasons = Counter(r["error"] for r in statuses if r["error"])
     summary.variants = cache.variants()
+    if cache.meta.masks:
+        summary.masks = cache.meta.masks
+        summary.mask_rows = int(cache.mask_present().sum())
     return summary
 
 

@@ -7,7 +7,9 @@ metadata, labels 50/50). Tune the threshold in that setting and fold it in, writ
 folder, then score the SAVED run through its own bundle beside two linear probes (the global
 view, and all 12 views concatenated), on validation and test, clean and natix, with and
 without metadata, and simulate the validator's expected reward. One headline leads; the
-full table goes to metrics.json and the report.
+full table goes to metrics.json and the report. When the cache has roadwork masks the head
+also learns them (auxiliary losses), and `--compare-mask-loss` trains it a second time
+without them, scored the same way and reported side by side.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from roadwork_cache.heads import RoadworkHead
+from roadwork_cache.heads import HeadConfig, MetadataBatch, RoadworkHead
 from roadwork_cache.heads.combine import fold_threshold
 from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.inference.bundles import load_bundle
@@ -31,28 +33,30 @@ from roadwork_cache.inference.run_folder import (
     write_run,
 )
 from roadwork_cache.reports.figures import save_curve
-from roadwork_cache.reports.tables import train_head_table
+from roadwork_cache.reports.tables import NO_MASK_MODEL, mask_loss_table, train_head_table
 from roadwork_cache.runtime.devices import resolve_device
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.baselines import PROBES, fit_probe
 from roadwork_cache.training.dataset import (
+    CacheData,
     labelled_rows,
     load_cache_data,
     metadata_batch,
     random_backbone,
 )
 from roadwork_cache.training.evaluation import ScoredModel, evaluate, headline
-from roadwork_cache.training.loop import EpochLog, Trainer
+from roadwork_cache.training.loop import EpochLog, Trainer, TrainResult
 from roadwork_cache.training.prepare import (
     TrainHeadOptions,
     audit_leakage,
+    describe_masks,
     head_config,
     sampling_weights,
     selection_for,
     train_variants,
 )
-from roadwork_cache.training.selection import SelectionData
+from roadwork_cache.training.selection import Selection, SelectionData
 from roadwork_cache.training.splits import choose_split
 
 
@@ -125,26 +129,19 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
 
     start_run_folder(opts.out)
     meta = metadata_batch(config, data)
-    model = RoadworkHead(config)
-    trainer = Trainer(
-        model,
-        opts.train,
-        [data.features[v] for v in variants],
-        data.labels,
+    mask_info = describe_masks(data, opts, variants)
+    split = (train_idx, val_idx, weights)
+    model, result = fit_head(
+        config,
+        opts,
+        data,
+        variants,
         meta,
         device,
-        selection=SelectionData.of(selection, data.features),
-    )
-    with progress_bar(disable=not opts.progress) as bar:
-        task = bar.add_task("train-head", total=opts.train.epochs, rate="")
-
-        def on_epoch(log: EpochLog) -> None:
-            bar.update(task, advance=1, rate=f"loss {log.loss:.3f} val MCC {log.val_mcc:+.3f}")
-
-        result = trainer.fit(train_idx, val_idx, weights, on_epoch)
-    console.print(
-        f"best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, {selection.name}, "
-        f"no metadata, 50/50){'; stopped early' if result.stopped_early else ''}"
+        split,
+        selection,
+        "train-head",
+        masks=mask_info["used"],
     )
     # The cut tuned in the selection setting, folded into everything the run deploys.
     threshold = selection.threshold(
@@ -181,6 +178,32 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     sets = {"val": val_idx, "test": test_idx}
     evaluation = evaluate(models, data, meta, sets)
     lead = {m.name: headline(evaluation, m.name, ["test", "val"]) for m in models}
+    mask_table = None
+    if opts.compare_mask_loss:
+        # The same head, seed and data without the mask losses: the comparison row pair,
+        # its cut tuned in the selection setting and folded in, as the head's is.
+        plain_config = HeadConfig.from_dict({**config.to_dict(), "mask_grid": 0})
+        plain, plain_result = fit_head(
+            plain_config,
+            opts,
+            data,
+            variants,
+            meta,
+            device,
+            split,
+            selection,
+            "without masks",
+            masks=False,
+        )
+        plain_model = scored_head(NO_MASK_MODEL, plain, data, val_idx, selection, device)
+        extra = evaluate([plain_model], data, meta, sets)
+        evaluation.rows += extra.rows
+        evaluation.raw.update(extra.raw)
+        mask_info["without_masks"] = {
+            "best_epoch": plain_result.best_epoch,
+            "best_val_mcc": plain_result.best_val_mcc,
+        }
+        mask_table = mask_loss_table(evaluation.rows, random_init)
     metrics = {
         "best_epoch": result.best_epoch,
         "best_val_mcc": result.best_val_mcc,
@@ -190,6 +213,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         "expected_reward": (lead["head"] or {}).get("expected_reward"),
         "expected_rewards": evaluation.rewards,
         "random_init_backbone": random_init,
+        "masks": mask_info,
         "rows": evaluation.rows,
         "history": [h.__dict__ for h in result.history],
     }
@@ -205,4 +229,67 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     write_run(opts.out, None, record, metrics, [a.to_dict() for a in audits], columns)
     save_curve(result.history, opts.out / CURVE_FILE)
     table = train_head_table(evaluation.rows, lead, random_init)
-    return {"table": table, "metrics": metrics, "out": opts.out}
+    return {"table": table, "mask_table": mask_table, "metrics": metrics, "out": opts.out}
+
+
+def fit_head(
+    config: HeadConfig,
+    opts: TrainHeadOptions,
+    data: CacheData,
+    variants: list[str],
+    meta: MetadataBatch,
+    device: torch.device,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    selection: Selection,
+    label: str,
+    masks: bool,
+) -> tuple[RoadworkHead, TrainResult]:
+    """A head trained on `variants` (with the mask losses when `masks`), from the run's seed,
+    early-stopping in the selection setting: two heads differ only in what they were asked."""
+    train_idx, val_idx, weights = split
+    torch.manual_seed(opts.train.seed)
+    model = RoadworkHead(config)
+    with_masks = masks and bool(data.masks)
+    trainer = Trainer(
+        model,
+        opts.train,
+        [data.features[v] for v in variants],
+        data.labels,
+        meta,
+        device,
+        selection=SelectionData.of(selection, data.features),
+        masks=[data.masks.get(v) for v in variants] if with_masks else None,
+        mask_present=data.mask_present if with_masks else None,
+    )
+    with progress_bar(disable=not opts.progress) as bar:
+        task = bar.add_task(label, total=opts.train.epochs, rate="")
+
+        def on_epoch(log: EpochLog) -> None:
+            bar.update(task, advance=1, rate=f"loss {log.loss:.3f} val MCC {log.val_mcc:+.3f}")
+
+        result = trainer.fit(train_idx, val_idx, weights, on_epoch)
+    console.print(
+        f"{label}: best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, "
+        f"{selection.name}, no metadata, 50/50){'; stopped early' if result.stopped_early else ''}"
+    )
+    return model, result
+
+
+def scored_head(
+    name: str,
+    model: RoadworkHead,
+    data: CacheData,
+    val_idx: np.ndarray,
+    selection: Selection,
+    device: torch.device,
+) -> ScoredModel:
+    """An in-memory head as the tables score it: its cut tuned in the selection setting on the
+    validation rows and folded in, as a saved run's bundle does."""
+
+    def raw(features, meta):
+        return head_outputs(model, features, meta, device)[0]
+
+    t = selection.threshold(
+        data.labels[val_idx], [raw(data.features[v][val_idx], None) for v in selection.variants]
+    )
+    return ScoredModel(name, raw, lambda f, m: fold_threshold(raw(f, m), t), t)

@@ -25,7 +25,7 @@ class CacheAttrs:
     backbone: dict[str, Any] = field(default_factory=dict)  # preset, weights, pool, view size...
     views: dict[str, Any] = field(default_factory=dict)  # layout, n_views, names, view_size
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> recipe
-    masks: dict[str, Any] | None = None  # mask source, prompts, grid, segmenter
+    masks: dict[str, Any] | None = None  # mask source, prompts, grid, segmenter: MASK_KEYS
     text_model: str | None = None
     source: str | None = None
     tool_version: str | None = None
@@ -66,3 +66,35 @@ class CacheAttrs:
             return cls(**data)
         except TypeError as exc:
             raise UserError(f"cache {root} has incomplete attributes: {exc}") from None
+
+
+# What `masks` records: the source ('sam3' or 'column:NAME'), the grid side G, the stored
+# dtype, the prompts (SAM 3), the class ids counted as roadwork (supplied indexed masks),
+# and the segmenter (path, weights sha256, thresholds, input size).
+MASK_KEYS = ("source", "grid", "dtype", "prompts", "classes", "segmenter")
+# Keys that must agree for masks of one cache to be comparable (the path may move).
+MASK_IDENTITY = ("source", "grid", "dtype", "prompts", "classes")
+
+
+def check_mask_attrs(root: Any, have: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """A cache's masks all come from one source and one setting: one sentence otherwise."""
+    unknown = sorted(set(new) - set(MASK_KEYS))
+    if unknown:
+        raise ValueError(f"not mask attributes: {', '.join(unknown)}")
+    if not have:
+        return
+    for key in MASK_IDENTITY:
+        if have.get(key) != new.get(key):
+            raise UserError(
+                f"cache {root} holds masks with {key} = {have.get(key)!r}, not "
+                f"{new.get(key)!r}; use the same mask settings or a new --cache folder"
+            )
+    # The segmenter may move (its path), but not change weights or thresholds.
+    old_seg, new_seg = have.get("segmenter") or {}, new.get("segmenter") or {}
+    for key in sorted((set(old_seg) | set(new_seg)) - {"path"}):
+        if old_seg.get(key) != new_seg.get(key):
+            raise UserError(
+                f"cache {root} holds masks from a segmenter with {key} = "
+                f"{str(old_seg.get(key))[:16]}, not {str(new_seg.get(key))[:16]}; use the "
+                "same --segmenter settings or a new --cache folder"
+            )

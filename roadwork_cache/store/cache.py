@@ -4,6 +4,9 @@ Layout of a cache folder (docs/design.md §4):
   zarr.json                 group attributes: format version, backbone, views, recipes, ...
   features/<variant>/       float16 [N, V, D], chunks of a few rows, shards of `shard_rows`
   text/, text_mask/         float16 [N, 384], bool [N]
+  masks/<variant>/          roadwork share per view and grid cell [N, V, G*G], uint8 (share
+                            x 255, rounded) or float16; cells row-major (optional)
+  mask_present/             bool [N]: the row has a mask (rows without are all zeros)
   samples.parquet           one row per image in cache order (written by `finalize`)
   parts/samples-XXXXX.parquet   the rows of one shard, merged into samples.parquet
   progress/<array>/XXXXX.done   a shard is done only once its marker exists
@@ -29,12 +32,19 @@ import pyarrow.parquet as pq
 import zarr
 
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.store.attrs import FORMAT_NAME, FORMAT_VERSION, CacheAttrs
+from roadwork_cache.store.attrs import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CacheAttrs,
+    check_mask_attrs,
+)
 from roadwork_cache.store.fastread import read_whole
 from roadwork_cache.store.lock import LOCK_FILE
 
 TEXT_DIM = 384
 SAMPLES_FILE = "samples.parquet"
+MASKS = "masks"
+MASK_PRESENT = "mask_present"
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -213,6 +223,79 @@ class Cache:
                 "float16",
             )
 
+    # ---- roadwork masks ------------------------------------------------------------------
+
+    def mask_variants(self) -> list[str]:
+        """Variants with a masks array."""
+        if MASKS not in self.group:
+            return []
+        return sorted(name for name, _ in self.group[MASKS].arrays())
+
+    def record_masks(self, attrs: dict[str, Any], variants: list[str]) -> None:
+        """Record the mask settings (one sentence when the cache holds masks made
+        otherwise) and create the masks arrays of `variants`."""
+        check_mask_attrs(self.root, self.meta.masks, attrs)
+        self.update_attrs(masks=attrs)
+        for name in variants:
+            self.ensure_masks(name)
+
+    def ensure_masks(self, variant: str) -> None:
+        """The masks array of `variant` (and the presence array), as the attributes'
+        `masks` record says (set them first)."""
+        meta = self.meta
+        if not meta.masks:
+            raise ValueError("record the masks attributes before creating mask arrays")
+        if MASKS not in self.group:
+            self.group.create_group(MASKS)
+        if variant not in self.mask_variants():
+            cells = int(meta.masks["grid"]) ** 2
+            self._create_array(
+                f"{MASKS}/{variant}", (meta.n_rows, meta.n_views, cells), meta.masks["dtype"]
+            )
+        if MASK_PRESENT not in self.group:
+            self._create_array(MASK_PRESENT, (meta.n_rows,), "bool")
+
+    def write_masks(self, variant: str, shard: ShardRange, coverage: np.ndarray) -> None:
+        """Write one whole shard of `masks/<variant>` (shares in [0, 1]) and mark it done."""
+        meta = self.meta
+        array = self.group[f"{MASKS}/{variant}"]
+        expected = (len(shard), *array.shape[1:])
+        if coverage.shape != expected:
+            raise ValueError(f"shard {shard.index} has shape {coverage.shape}, not {expected}")
+        share = np.clip(np.nan_to_num(coverage, nan=0.0), 0.0, 1.0)
+        if meta.masks["dtype"] == "uint8":
+            data = np.round(share * 255.0).astype(np.uint8)
+        else:
+            data = share.astype(np.float16)
+        array[shard.start : shard.stop] = data
+        _atomic_write(self._marker(f"{MASKS}/{variant}", shard.index), checksum(data))
+
+    def write_mask_present(self, shard: ShardRange, present: np.ndarray) -> None:
+        data = np.asarray(present, bool)
+        self.group[MASK_PRESENT][shard.start : shard.stop] = data
+        _atomic_write(self._marker(MASK_PRESENT, shard.index), checksum(data))
+
+    def masks(self, variant: str = "clean") -> np.ndarray:
+        """A whole variant's masks, float32 [N, V, G*G] shares in [0, 1]."""
+        if variant not in self.mask_variants():
+            have = ", ".join(self.mask_variants()) or "none"
+            raise UserError(f"cache {self.root} has no masks of {variant!r} (it has: {have})")
+        data = read_whole(self.group[f"{MASKS}/{variant}"])
+        if data.dtype == np.uint8:
+            return data.astype(np.float32) / 255.0
+        return data.astype(np.float32)
+
+    def mask_present(self) -> np.ndarray:
+        """bool [N]: which rows have a mask (all False in a cache without masks)."""
+        if MASK_PRESENT not in self.group:
+            return np.zeros(self.n_rows, bool)
+        return np.asarray(read_whole(self.group[MASK_PRESENT]), bool)
+
+    def mask_arrays(self) -> list[str]:
+        """The mask arrays by path: one per variant, then the presence array."""
+        names = [f"{MASKS}/{v}" for v in self.mask_variants()]
+        return names + ([MASK_PRESENT] if MASK_PRESENT in self.group else [])
+
     # ---- writing whole shards --------------------------------------------------------------
 
     def _marker(self, array: str, shard: int) -> Path:
@@ -254,6 +337,7 @@ class Cache:
         """Merge the per-shard sample rows once every shard is done; record completion."""
         shards = {s.index for s in self.shards()}
         arrays = ["samples", "text", *(f"features/{v}" for v in self.variants())]
+        arrays += self.mask_arrays()
         progress = {a: len(self.done_shards(a) & shards) for a in arrays}
         complete = all(n == len(shards) for n in progress.values())
         if self.done_shards("samples") >= shards:
@@ -290,6 +374,7 @@ class Cache:
         out = {f"features/{v}": self.group[f"features/{v}"] for v in self.variants()}
         out["text"] = self.group["text"]
         out["text_mask"] = self.group["text_mask"]
+        out.update({name: self.group[name] for name in self.mask_arrays()})
         return out
 
     def info(self) -> dict[str, Any]:
@@ -315,6 +400,7 @@ class Cache:
             "views": attrs.views,
             "variants": attrs.variants,
             "text_model": attrs.text_model,
+            "masks": attrs.masks,
             "source": attrs.source,
             "tool_version": attrs.tool_version,
             "created": attrs.created,
@@ -330,6 +416,8 @@ class Cache:
             out["labels"] = counts("label")
             out["statuses"] = counts("status")
             out["text_rows"] = int(np.asarray(self.group["text_mask"][:]).sum())
+            if self.mask_arrays():
+                out["mask_rows"] = int(self.mask_present().sum())
         return out
 
 

@@ -72,7 +72,7 @@ def verify(cache: Cache, advance: Callable[[int], None] | None = None) -> list[P
 
 def verify_arrays(cache: Cache) -> list[str]:
     """The arrays `verify` checks shard by shard."""
-    return [f"features/{v}" for v in cache.variants()] + ["text"]
+    return [f"features/{v}" for v in cache.variants()] + ["text"] + cache.mask_arrays()
 
 
 def repair(cache: Cache, problems: list[Problem]) -> int:

@@ -6,7 +6,7 @@ variant), so an epoch is index arithmetic, never disk reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,14 @@ class CacheData:
     features: dict[str, np.ndarray]  # variant -> float16 [n, V, D]
     text: np.ndarray  # [n, 384] float16
     text_mask: np.ndarray  # [n] bool
+    # roadwork masks of the variants that have them: variant -> float16 [n, V, G*G] shares
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    mask_present: np.ndarray | None = None  # [n] bool, None for a cache without masks
+
+    @property
+    def mask_grid(self) -> int:
+        """G of the cache's G x G mask grid; 0 without masks."""
+        return int((self.meta.masks or {}).get("grid", 0)) if self.masks else 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -123,7 +131,12 @@ def load_cache_data(path: str | Path, variants: list[str] | None = None) -> Cach
     text, text_mask = cache.text()
     columns = {k: [v[i] for i in rows] for k, v in table.items()}
     labels = np.array([-1 if v is None else int(v) for v in columns["label"]], dtype=np.int64)
-    return CacheData(Path(path), meta, rows, columns, labels, features, text[rows], text_mask[rows])
+    data = CacheData(Path(path), meta, rows, columns, labels, features, text[rows], text_mask[rows])
+    with_masks = [v for v in variants if v in cache.mask_variants()]
+    if with_masks:
+        data.masks = {v: cache.masks(v)[rows].astype(np.float16) for v in with_masks}
+        data.mask_present = cache.mask_present()[rows]
+    return data
 
 
 def labelled_rows(data: CacheData) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from roadwork_cache.heads import MetadataBatch, RoadworkHead
 from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.training.losses import LossParts, LossWeights, total_loss
+from roadwork_cache.training.losses import LossParts, LossWeights, mask_losses, total_loss
 from roadwork_cache.training.selection import SelectionData
 
 
@@ -68,6 +68,8 @@ class EpochLog:
     val_auc: float
     lr: float
     seconds: float
+    mask: float = 0.0  # the coverage loss (0 without masks)
+    mask_pruning: float = 0.0  # the pruning scorer's supervision by the masks
 
 
 @dataclass
@@ -105,7 +107,9 @@ class Trainer:
 
     `variants` is a list of float16 arrays [n, V, D] (one per cached variant, same rows);
     every epoch each drawn row is read from one variant chosen at random, so augmentation
-    costs an index, not a backbone pass.
+    costs an index, not a backbone pass. `masks` (one coverage array [n, V, G*G] or None per
+    variant) and `mask_present` [n] feed the auxiliary mask losses: a row drawn in a
+    variant without masks, or without a mask itself, adds nothing to them.
     """
 
     def __init__(
@@ -118,6 +122,8 @@ class Trainer:
         device: torch.device,
         selection: SelectionData | None = None,
         soft_targets: np.ndarray | None = None,
+        masks: Sequence[np.ndarray | None] | None = None,
+        mask_present: np.ndarray | None = None,
     ):
         self.model = model.to(device)
         self.cfg = cfg
@@ -139,15 +145,18 @@ class Trainer:
             if soft_targets is None
             else torch.from_numpy(soft_targets.astype(np.float32)).to(device)
         )
+        self.masks, self.mask_weight = mask_tensors(masks, mask_present, len(labels), device)
 
-    def _loss(self, out, rows: torch.Tensor, meta: MetadataBatch, y, wmask) -> LossParts:
+    def _loss(
+        self, out, rows: torch.Tensor, meta: MetadataBatch, y, wmask, variant=None
+    ) -> LossParts:
         if self.soft is not None:
             z = (out.logits[:, 1] - out.logits[:, 0]).float()
             bce = F.binary_cross_entropy_with_logits(z, self.soft[rows])
             zero = bce.detach() * 0.0
             return LossParts(total=bce, focal=bce, consistency=zero, weather=zero)
         cfg = self.cfg
-        return total_loss(
+        parts = total_loss(
             out.logits.float(),
             y,
             out.view_logits.float(),
@@ -159,6 +168,17 @@ class Trainer:
             cfg.focal_alpha,
             cfg.smoothing,
         )
+        if self.masks is not None and variant is not None:
+            variant = variant.to(self.device)
+            parts.mask, parts.mask_pruning = mask_losses(
+                out, self.masks[variant, rows].float(), self.mask_weight[variant, rows], cfg.loss
+            )
+            parts.total = (
+                parts.total
+                + cfg.loss.mask * parts.mask
+                + cfg.loss.mask_pruning * parts.mask_pruning
+            )
+        return parts
 
     def _batch(self, rows: torch.Tensor, variant: torch.Tensor):
         """Row and variant indices (where the features are) -> (features, metadata, labels,
@@ -207,14 +227,16 @@ class Trainer:
             # from pageable memory inside the step would wait for the queued kernels.
             draw, variant = draw.to(self.features.device), variant.to(self.features.device)
             sums = torch.zeros(4, device=self.device)  # read once per epoch: no sync per step
+            mask_sums = torch.zeros(2, device=self.device)
             n_batches = 0
             optim.zero_grad(set_to_none=True)
             for i, lo in enumerate(range(0, len(draw), cfg.batch_size)):
                 rows = draw[lo : lo + cfg.batch_size]
-                x, meta, y, wmask, rows = self._batch(rows, variant[lo : lo + cfg.batch_size])
+                drawn = variant[lo : lo + cfg.batch_size]
+                x, meta, y, wmask, rows = self._batch(rows, drawn)
                 with autocast(self.device):
                     out = model(x, meta)
-                parts = self._loss(out, rows, meta, y, wmask)
+                parts = self._loss(out, rows, meta, y, wmask, drawn)
                 (parts.total / cfg.accum_steps).backward()
                 last = lo + cfg.batch_size >= len(draw)
                 if (i + 1) % cfg.accum_steps == 0 or last:
@@ -227,6 +249,8 @@ class Trainer:
                     .detach()
                     .float()
                 )
+                if parts.mask is not None:
+                    mask_sums += torch.stack([parts.mask, parts.mask_pruning]).detach().float()
                 n_batches += 1
 
             if len(val_idx):
@@ -246,6 +270,7 @@ class Trainer:
                 m["auc"],
                 sched.get_last_lr()[0],
                 time.perf_counter() - start,
+                *(mask_sums / max(n_batches, 1)).tolist(),
             )
             history.append(log)
             if on_epoch:
@@ -260,3 +285,23 @@ class Trainer:
                 break
         model.load_state_dict(best_state)
         return TrainResult(history, best[1], best[0], stopped_early=len(history) < cfg.epochs)
+
+
+def mask_tensors(
+    masks: Sequence[np.ndarray | None] | None,
+    present: np.ndarray | None,
+    n_rows: int,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(coverage [n_variants, n, V, C] float16, weight [n_variants, n] float) on the device,
+    the weight 1 where a row has a mask in that variant; (None, None) without any masks."""
+    if masks is None or all(m is None for m in masks):
+        return None, None
+    shape = next(m for m in masks if m is not None).shape
+    stack = np.stack(
+        [np.zeros(shape, np.float16) if m is None else m.astype(np.float16) for m in masks]
+    )
+    has = np.array([m is not None for m in masks])[:, None]
+    rows = np.ones(n_rows, bool) if present is None else np.asarray(present, bool)
+    weight = torch.from_numpy((has & rows[None, :]).astype(np.float32))
+    return torch.from_numpy(stack).to(device), weight.to(device)

@@ -1,5 +1,7 @@
 """Stage two losses (docs/design.md §5): focal loss with label smoothing, multi-view
-consistency, and the auxiliary weather loss, combined by ``total_loss``."""
+consistency, and the auxiliary weather loss, combined by ``total_loss``; the auxiliary
+roadwork-mask losses (``coverage_loss``, ``pruning_mask_loss``) are added by ``mask_losses``
+when the cache has masks."""
 
 from __future__ import annotations
 
@@ -110,27 +112,80 @@ def weather_aux_loss(
     return (per_row * keep).sum() / keep.sum().clamp(min=1.0)
 
 
+def coverage_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of ``logits [B, V, C]`` against the roadwork share of each
+    cell ``target [B, V, C]`` (soft targets in [0, 1]), averaged over views and cells, then
+    over rows weighted by ``weight [B]`` (0 for a row without a mask). With no weight left
+    it is a zero that still belongs to the graph."""
+    if logits.shape != target.shape or logits.ndim != 3:
+        raise UserError(
+            f"coverage loss expects logits and targets of one shape [B, V, C], got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}."
+        )
+    per_row = F.binary_cross_entropy_with_logits(
+        logits.float(), target.float(), reduction="none"
+    ).mean(dim=(1, 2))
+    w = weight.float().reshape(-1)
+    return (per_row * w).sum() / w.sum().clamp(min=1.0)
+
+
+def pruning_mask_loss(
+    scores: torch.Tensor, coverage: torch.Tensor, weight: torch.Tensor, min_share: float = 0.005
+) -> torch.Tensor:
+    """Supervision of the pruning scorer by the masks: binary cross-entropy of each view's
+    score ``scores [B, V]`` (a logit) against "the view holds roadwork" (its mean coverage
+    over ``coverage [B, V, C]`` above ``min_share``), rows weighted by ``weight [B]``."""
+    target = (coverage.float().mean(dim=-1) > min_share).float()  # [B, V]
+    per_row = F.binary_cross_entropy_with_logits(scores.float(), target, reduction="none").mean(
+        dim=1
+    )
+    w = weight.float().reshape(-1)
+    return (per_row * w).sum() / w.sum().clamp(min=1.0)
+
+
+def mask_losses(
+    out, coverage: torch.Tensor, weight: torch.Tensor, weights: LossWeights
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coverage loss, pruning supervision) of a head output against the masks of its rows
+    ``coverage [B, V, C]``; a term without its input (no coverage predictor, no pruning) or
+    with weight 0 is a zero tensor."""
+    zero = out.logits.float().sum() * 0.0
+    cover = prune = zero
+    if out.coverage_logits is not None and weights.mask != 0:
+        cover = coverage_loss(out.coverage_logits, coverage, weight)
+    if out.view_scores is not None and weights.mask_pruning != 0:
+        prune = pruning_mask_loss(out.view_scores, coverage, weight)
+    return cover, prune
+
+
 @dataclass
 class LossWeights:
-    """Multipliers of the loss terms in ``total_loss``."""
+    """Multipliers of the loss terms in ``total_loss`` and ``mask_losses``. The mask terms
+    apply only when the cache has masks: the coverage loss is then on by default, the
+    pruning scorer's supervision by the masks is opt-in."""
 
     focal: float = 1.0
     consistency: float = 0.1
     weather: float = 0.1
+    mask: float = 0.2
+    mask_pruning: float = 0.0
 
 
 @dataclass
 class LossParts:
-    """The combined loss and its unweighted terms (zero tensors for terms not computed)."""
+    """The combined loss and its unweighted terms (zero tensors for terms not computed;
+    the mask terms are None in a run without masks)."""
 
     total: torch.Tensor
     focal: torch.Tensor
     consistency: torch.Tensor
     weather: torch.Tensor
+    mask: torch.Tensor | None = None
+    mask_pruning: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, float]:
-        """Floats for logging."""
-        return {k: float(v.detach()) for k, v in asdict(self).items()}
+        """Floats for logging (the mask terms only when they were computed)."""
+        return {k: float(v.detach()) for k, v in asdict(self).items() if v is not None}
 
 
 def total_loss(

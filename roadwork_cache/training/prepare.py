@@ -44,6 +44,7 @@ class TrainHeadOptions:
     device: str = "auto"
     progress: bool = True
     overwrite: bool = False  # replace what --out holds (inference.run_folder / ensemble_folder)
+    compare_mask_loss: bool = False  # also train the head without the mask losses
 
 
 def train_variants(available: list[str], asked: list[str] | None) -> list[str]:
@@ -90,6 +91,14 @@ def head_config(data: CacheData, opts: TrainHeadOptions, leaky: list[str]) -> He
             f"cache {opts.cache} (made with backbone {preset})"
         )
     values: dict[str, Any] = {"in_dim": data.in_dim, **vocabularies(data)}
+    if data.mask_grid and opts.train.loss.mask:
+        values["mask_grid"] = data.mask_grid  # the coverage predictor of the mask loss
+    asked_grid = opts.head.get("mask_grid")
+    if asked_grid and asked_grid != data.mask_grid:
+        raise UserError(
+            f"the head config's mask_grid {asked_grid} does not match the cache's "
+            f"{data.mask_grid or 'absent'} mask grid"
+        )
     values.update(opts.head)
     cfg = HeadConfig.from_dict(values)
     dropped = [f for f in cfg.meta_fields if f in leaky]
@@ -146,3 +155,34 @@ def selection_for(data: CacheData) -> Selection:
     if selection.fallback:
         console.print(f"[yellow]warning: {FALLBACK_WARNING}")
     return selection
+
+
+def uses_masks(data: CacheData, opts: TrainHeadOptions) -> bool:
+    """Whether training has mask losses: the cache has masks and a mask weight is not 0."""
+    loss = opts.train.loss
+    return bool(data.masks) and bool(loss.mask or loss.mask_pruning)
+
+
+def describe_masks(data: CacheData, opts: TrainHeadOptions, variants: list[str]) -> dict:
+    """What the run records (and prints) about the mask losses."""
+    used = uses_masks(data, opts)
+    info = {
+        "used": used,
+        "weight": opts.train.loss.mask if used else 0.0,
+        "pruning_weight": opts.train.loss.mask_pruning if used else 0.0,
+        "variants_with_masks": [v for v in variants if v in data.masks],
+        "rows_with_mask": int(data.mask_present.sum()) if data.mask_present is not None else 0,
+        "grid": data.mask_grid,
+    }
+    if used:
+        console.print(
+            f"mask losses: coverage weight {info['weight']}, pruning supervision weight "
+            f"{info['pruning_weight']}; masks in {len(info['variants_with_masks'])} of "
+            f"{len(variants)} training variant(s), {info['rows_with_mask']} rows with a mask"
+        )
+    elif opts.compare_mask_loss:
+        raise UserError(
+            "--compare-mask-loss needs masks of the training variants (roadwork extract "
+            "--masks) and a mask loss weight above 0"
+        )
+    return info

@@ -70,17 +70,35 @@ def haze(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (img.astype(np.float32) * t + airlight * (1 - t)).clip(0, 255).astype(np.uint8)
 
 
+def _stage_seed(rng: np.random.Generator) -> int:
+    # albumentations draws from its own generators: reseed them per (image, variant).
+    return int(rng.integers(0, 2**31 - 1))
+
+
 def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     stages = _aug_stages()
     arr = np.asarray(img)
 
     def run(stage: str, arr: np.ndarray) -> np.ndarray:
-        # albumentations draws from its own generators: reseed them per (image, variant).
-        stages[stage].set_random_seed(int(rng.integers(0, 2**31 - 1)))
+        stages[stage].set_random_seed(_stage_seed(rng))
         return stages[stage](image=arr)["image"]
 
-    arr = run("geometry_colour", arr)
+    arr = run(GEOMETRY_STAGE, arr)
     if rng.random() < WEATHER_P:
         weather = WEATHER[int(rng.integers(0, len(WEATHER)))]
         arr = haze(arr, rng) if weather == "fog" else run(weather, arr)
     return Image.fromarray(run("noise_blur", arr))
+
+
+# The only stage that moves pixels; every later one (weather, haze, noise, blur) changes
+# values in place, which tests/test_masks.py checks, so a mask is final after it.
+GEOMETRY_STAGE = "geometry_colour"
+
+
+def augment_mask(img: Image.Image, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`mask` [H, W] (float, the image's size) moved exactly as `augment(img, rng)` moves the
+    image's pixels: the same stage with the same seed (albumentations draws the same
+    parameters with or without a mask, and warps the mask with nearest neighbours)."""
+    stage = _aug_stages()[GEOMETRY_STAGE]
+    stage.set_random_seed(_stage_seed(rng))  # augment's first draw from rng
+    return stage(image=np.asarray(img), mask=mask)["mask"]

@@ -39,11 +39,15 @@ NOISE_VAR = (0.001, 0.002)  # variance of the YCbCr noise on a [0, 1] scale
 BLUR_KERNEL = (7, 9)  # Gaussian kernel size, sigma = size / 6
 
 
+def centre_square_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """Level 0's crop (left, top, right, bottom): the centre square of the short side."""
+    s = min(width, height)
+    left, top = round((width - s) / 2.0), round((height - s) / 2.0)
+    return left, top, left + s, top + s
+
+
 def _centre_square(img: Image.Image) -> Image.Image:
-    w, h = img.size
-    s = min(w, h)
-    left, top = round((w - s) / 2.0), round((h - s) / 2.0)
-    return img.crop((left, top, left + s, top + s))
+    return img.crop(centre_square_box(*img.size))
 
 
 def resized_crop_params(

@@ -220,31 +220,54 @@ def prepare_variants(names: Sequence[str]) -> None:
 # ---- tta: deterministic ----------------------------------------------------------------------
 
 
-def _crop_fraction(img: Image.Image, fraction: float, anchor: tuple[float, float]) -> Image.Image:
-    """A crop of `fraction` of each side placed at anchor (0 = left/top, 1 = right/bottom)."""
-    w, h = img.size
-    cw, ch = w * fraction, h * fraction
-    left, top = (w - cw) * anchor[0], (h - ch) * anchor[1]
-    return img.crop((round(left), round(top), round(left + cw), round(top + ch)))
+# Each TTA recipe as data, read by `tta_image` here and by `views.masks` for the masks, so
+# an image and its mask can never follow two different geometries.
+TTA_OPS: dict[int, tuple[tuple, ...]] = {
+    0: (("mirror",),),
+    1: (("crop", 0.9, (0.5, 0.5)),),
+    2: (("zoom_out", 1.1),),
+    3: (("crop", 0.85, (0.0, 0.0)),),
+    4: (("crop", 0.85, (1.0, 0.0)),),
+    5: (("crop", 0.85, (0.0, 1.0)),),
+    6: (("crop", 0.85, (1.0, 1.0)),),
+    7: (("crop", 0.9, (0.5, 0.5)), ("mirror",)),
+}
+
+
+def tta_ops(k: int) -> tuple[tuple, ...]:
+    """The operations of recipe tta-k, in order."""
+    if k not in TTA_OPS:
+        raise UserError(f"there are {N_TTA} TTA recipes: tta-0 to tta-{N_TTA - 1}")
+    return TTA_OPS[k]
+
+
+def fraction_box(
+    width: int, height: int, fraction: float, anchor: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """The whole-pixel box (left, top, right, bottom) of a crop of `fraction` of each side
+    placed at anchor (0 = left/top, 1 = right/bottom)."""
+    cw, ch = width * fraction, height * fraction
+    left, top = (width - cw) * anchor[0], (height - ch) * anchor[1]
+    return round(left), round(top), round(left + cw), round(top + ch)
+
+
+def zoom_out_pads(width: int, height: int, factor: float) -> tuple[int, int]:
+    """Reflected border (x, y) on each side of a zoom out by `factor`."""
+    return round(width * (factor - 1) / 2), round(height * (factor - 1) / 2)
 
 
 def _zoom_out(img: Image.Image, factor: float) -> Image.Image:
-    w, h = img.size
-    pad_x, pad_y = round(w * (factor - 1) / 2), round(h * (factor - 1) / 2)
+    pad_x, pad_y = zoom_out_pads(*img.size, factor)
     arr = np.pad(np.asarray(img), ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="reflect")
     return Image.fromarray(arr)
 
 
 def tta_image(img: Image.Image, k: int) -> Image.Image:
-    if k == 0:
-        return ImageOps.mirror(img)
-    if k == 1:
-        return _crop_fraction(img, 0.9, (0.5, 0.5))
-    if k == 2:
-        return _zoom_out(img, 1.1)
-    if 3 <= k <= 6:
-        anchors = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
-        return _crop_fraction(img, 0.85, anchors[k - 3])
-    if k == 7:
-        return ImageOps.mirror(_crop_fraction(img, 0.9, (0.5, 0.5)))
-    raise UserError(f"there are {N_TTA} TTA recipes: tta-0 to tta-{N_TTA - 1}")
+    for op in tta_ops(k):
+        if op[0] == "mirror":
+            img = ImageOps.mirror(img)
+        elif op[0] == "crop":
+            img = img.crop(fraction_box(*img.size, op[1], op[2]))
+        else:
+            img = _zoom_out(img, op[1])
+    return img
