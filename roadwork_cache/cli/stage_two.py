@@ -296,6 +296,14 @@ def ensemble(
             "GPU they share it; small heads leave it idle between kernels)."
         ),
     ] = 1,
+    batch_folds: Annotated[
+        bool | None,
+        typer.Option(
+            "--batch-folds/--no-batch-folds",
+            help="Train a member's folds (and members of the same settings) as one batched "
+            "computation; default: on with CUDA, off on the CPU.",
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per member fold.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 128,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the members.")] = 3e-4,
@@ -366,6 +374,7 @@ def ensemble(
         combine=combine,
         distill=distill,
         jobs=jobs,
+        batch_folds=batch_folds,
         gps_brackets=_parse_brackets(gps_brackets),
         gps_beyond=gps_beyond,
         leak_bound=leak_bound,
