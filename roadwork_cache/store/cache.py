@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
+from roadwork_cache.readers.schema import Sample
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.store.attrs import (
     FORMAT_NAME,
@@ -426,3 +427,26 @@ def to_json(info: dict[str, Any]) -> str:
 
 
 # ---- whole-array reads -------------------------------------------------------------------------
+
+
+def sample_row(sample: Sample, width: int | None, height: int | None, error: str | None) -> dict:
+    """One row of samples.parquet (SAMPLES_SCHEMA) for a sample as extract saw it."""
+    return {
+        "id": sample.id,
+        "split": sample.split,
+        "label": sample.label,
+        "vid_id": sample.vid_id,
+        "gps_lat": sample.gps_lat,
+        "gps_lon": sample.gps_lon,
+        "city": sample.city,
+        "weather": sample.weather,
+        "daytime": sample.daytime,
+        "scene": sample.scene,
+        "alteration": sample.alteration,
+        "description": sample.description,
+        "width": width if width is not None else sample.width,
+        "height": height if height is not None else sample.height,
+        "source": sample.source,
+        "status": "error" if error else "ok",
+        "error": error,
+    }
