@@ -12,8 +12,9 @@ and its MCC-best threshold folded in so that 0.5 is the cut.
 DoRA folds: one member (the best, or --dora-member) is adapted to a labelled target set
 (`--target test`, the cache's own test split, or another cache) per fold of that set,
 grouped by video; each fold's adapter trains on the other folds (minus whole videos held
-back for early stopping), so every target row gets an honest adapted logit. Adapted or not, every model is scored on
-the target with cross-fitted thresholds, so DoRA has to beat a re-tuned threshold to win.
+back for early stopping), so every target row gets an honest adapted logit. Adapted or
+not, every model is scored on the target with cross-fitted thresholds, so DoRA has to beat
+a re-tuned threshold to win.
 The adapted bag is deployed only where it wins. Optional: a distilled student.
 
 Everything lands in the output folder (`inference/ensemble_folder.py` owns its layout), with
