@@ -100,11 +100,6 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         opts.cache, sorted({*variants, *(v for v in available if v.startswith("natix-"))})
     )
     random_init = random_backbone(data)
-    if random_init:
-        console.print(
-            "[yellow]warning: this cache was made with random backbone weights; "
-            "scores demonstrate the machinery, not quality"
-        )
 
     pool, test_idx = labelled_rows(data)
     split = data.split_names()
