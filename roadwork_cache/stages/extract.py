@@ -37,8 +37,9 @@ from roadwork_cache.runtime.distributed import close_ranks, init_ranks
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.runtime.version import __version__
-from roadwork_cache.store.cache import Cache, ShardRange, sample_row
+from roadwork_cache.store.cache import Cache, ShardRange
 from roadwork_cache.store.lock import check_cache_path, refuse_if_locked, writer_lock
+from roadwork_cache.store.samples import sample_row
 from roadwork_cache.views.batching import view_loader
 from roadwork_cache.views.geometry import LAYOUT, N_VIEWS, VIEW_NAMES
 from roadwork_cache.views.variants import check_variant, recipe

@@ -31,7 +31,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from roadwork_cache.readers.schema import Sample
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.store.attrs import (
     FORMAT_NAME,
@@ -41,33 +40,11 @@ from roadwork_cache.store.attrs import (
 )
 from roadwork_cache.store.fastread import read_whole
 from roadwork_cache.store.lock import LOCK_FILE
+from roadwork_cache.store.samples import SAMPLES_FILE, SAMPLES_SCHEMA
 
 TEXT_DIM = 384
-SAMPLES_FILE = "samples.parquet"
 MASKS = "masks"
 MASK_PRESENT = "mask_present"
-
-SAMPLES_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("split", pa.string()),
-        ("label", pa.int8()),
-        ("vid_id", pa.string()),
-        ("gps_lat", pa.float64()),
-        ("gps_lon", pa.float64()),
-        ("city", pa.string()),
-        ("weather", pa.list_(pa.string())),
-        ("daytime", pa.string()),
-        ("scene", pa.string()),
-        ("alteration", pa.string()),
-        ("description", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("source", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -424,29 +401,3 @@ class Cache:
 
 def to_json(info: dict[str, Any]) -> str:
     return json.dumps(info, indent=2, sort_keys=False, default=str)
-
-
-# ---- whole-array reads -------------------------------------------------------------------------
-
-
-def sample_row(sample: Sample, width: int | None, height: int | None, error: str | None) -> dict:
-    """One row of samples.parquet (SAMPLES_SCHEMA) for a sample as extract saw it."""
-    return {
-        "id": sample.id,
-        "split": sample.split,
-        "label": sample.label,
-        "vid_id": sample.vid_id,
-        "gps_lat": sample.gps_lat,
-        "gps_lon": sample.gps_lon,
-        "city": sample.city,
-        "weather": sample.weather,
-        "daytime": sample.daytime,
-        "scene": sample.scene,
-        "alteration": sample.alteration,
-        "description": sample.description,
-        "width": width if width is not None else sample.width,
-        "height": height if height is not None else sample.height,
-        "source": sample.source,
-        "status": "error" if error else "ok",
-        "error": error,
-    }
