@@ -350,3 +350,152 @@ def test_challenges_and_tta_are_rendered_from_the_full_resolution_decode():
         if name.startswith("natix"):  # a challenge rendered from the draft would differ
             other = image_views(apply_variant(draft, name, "7"), ("clean",), 64)[0]
             assert np.abs(got.astype(int) - other.astype(int)).mean() > 1.0, name
+
+
+# ---- ensembles: what is scored is what is saved ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_ensemble_cache(tmp_path_factory):
+    import json
+
+    import torch
+    from test_ensemble import MEMBERS, signal_cache
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("small-ensemble")
+    cache = signal_cache(root / "cache", seed=3, n=360)
+    (root / "members.json").write_text(json.dumps(MEMBERS))
+    return root, cache
+
+
+def ensemble_options(root, cache, **over):
+    from test_ensemble import options
+
+    values = {"train": TrainConfig(epochs=3, batch_size=32, lr=5e-3, patience=3)}
+    values.update(over)
+    return options(cache, root / "ens", root / "members.json", folds=2, overwrite=True, **values)
+
+
+def test_dora_needs_a_target_named(small_ensemble_cache):
+    from roadwork_cache.runtime.errors import UserError
+    from roadwork_cache.stages.ensemble import run_ensemble
+
+    root, cache = small_ensemble_cache
+    with pytest.raises(UserError, match="--dora-folds needs a labelled target: --target test"):
+        run_ensemble(ensemble_options(root, cache, dora_folds=2))
+
+
+@pytest.mark.parametrize(
+    ("combine", "dora"),
+    [("mean", False), ("weighted", False), ("stacked", False), ("stacked", True)],
+)
+def test_the_deployed_rows_are_the_saved_bundles_own_predictions(
+    small_ensemble_cache, combine, dora
+):
+    from roadwork_cache.inference.bundles import load_bundle
+    from roadwork_cache.stages.ensemble import run_ensemble
+    from roadwork_cache.training.dora import DoraSettings
+
+    root, cache = small_ensemble_cache
+    extra = (
+        {
+            "dora_folds": 2,
+            "target": "test",
+            "dora": DoraSettings(
+                rank=4, alpha=8, lr=3e-2, epochs=2, patience=2, dropout=0.0, batch_size=16
+            ),
+        }
+        if dora
+        else {}
+    )
+    result = run_ensemble(ensemble_options(root, cache, combine=combine, **extra))
+    metrics = result["metrics"]
+    assert metrics["bundle_max_diff"] < 1e-4 and metrics["method"] == combine
+    bundle = load_bundle(root / "ens")
+    store = Cache.open(cache)
+    samples = store.samples().to_pydict()
+    test = np.array([s == "test" for s in samples["split"]])
+    y = np.array(samples["label"])[test]
+    for variant in ("clean", "natix"):
+        names = ["clean"] if variant == "clean" else ["natix-0"]
+        probs = [bundle.predict(store.features(v).astype(np.float32)[test]) for v in names]
+        want = (
+            Selection.for_variants(names)
+            if variant == "natix"
+            else Selection(("clean",), (1.0,), fallback=True)
+        )
+        expected = want.metrics(y, probs, 0.5)
+        row = next(
+            r
+            for r in metrics["rows"]
+            if (r["model"], r["set"], r["variant"], r["metadata"])
+            == ("deployed", "test", variant, "none")
+        )
+        assert row["mcc"] == pytest.approx(expected["mcc"], abs=1e-9)
+        assert row["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+    seen = result["manifest"]["seen"]
+    assert (
+        "test" in seen["splits"]
+        if metrics["deployed"] == "ensemble+dora"
+        else ("test" not in seen["splits"])
+    )
+
+
+def test_a_bundle_that_disagrees_writes_everything_then_says_so(small_ensemble_cache, monkeypatch):
+    from roadwork_cache.inference import bundles
+    from roadwork_cache.stages.ensemble import BundleMismatch, run_ensemble
+
+    root, cache = small_ensemble_cache
+    real = bundles.EnsembleBundle.predict
+    monkeypatch.setattr(
+        bundles.EnsembleBundle,
+        "predict",
+        lambda self, f, meta=None: np.clip(real(self, f, meta) + 0.01, 0, 1),
+    )
+    with pytest.raises(BundleMismatch, match="does not reproduce the stage's own predictions"):
+        run_ensemble(ensemble_options(root, cache))
+    for name in ("manifest.json", "metrics.json", "predictions.parquet", "table.txt"):
+        assert (root / "ens" / name).is_file(), name
+
+
+def test_tta_on_rows_the_model_saw_is_titled_in_sample(tmp_path):
+    from rich.console import Console
+    from test_tta import SMALL_HEAD as TTA_HEAD
+    from test_tta import planted_tta_cache
+
+    from roadwork_cache.stages.tta import TtaOptions, run_tta
+
+    cache = planted_tta_cache(tmp_path / "cache")
+    run_train_head(
+        TrainHeadOptions(
+            cache=cache,
+            out=tmp_path / "run",
+            head=dict(TTA_HEAD),
+            variants=["clean"],
+            train=TrainConfig(epochs=2, batch_size=32, seed=0),
+            device="cpu",
+            progress=False,
+        )
+    )
+
+    def title(split):
+        result = run_tta(
+            TtaOptions(
+                cache=cache,
+                model=tmp_path / "run",
+                out=tmp_path / f"{split}.parquet",
+                split=split,
+                save_stats=False,
+                device="cpu",
+                progress=False,
+            )
+        )
+        console = Console(width=200, record=True)
+        console.print(result["table"])
+        return result["metrics"]["in_sample"], console.export_text()
+
+    in_sample, text = title("train")  # the head trained on these labels
+    assert in_sample and "in-sample" in text
+    in_sample, text = title("test")
+    assert not in_sample and "in-sample" not in text

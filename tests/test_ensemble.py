@@ -33,7 +33,7 @@ from roadwork_cache.training.distill import DistillConfig
 from roadwork_cache.training.dora import DoraSettings, merge, with_dora
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.members import MemberSpec
-from roadwork_cache.training.metrics import best_threshold, binary_metrics
+from roadwork_cache.training.metrics import best_threshold, binary_metrics, subnet_reward
 from roadwork_cache.training.plan import EnsembleOptions
 from roadwork_cache.training.selection import Selection
 from roadwork_cache.training.stacking import calibrate
@@ -213,7 +213,13 @@ def test_stacked_ensemble_beats_the_best_member(run):
     for model in ("a", "b", "mean", "weighted", "stacked"):
         for variant in ("clean", "natix-0", "natix"):
             for meta in ("none", "all"):
-                assert 0 <= pick(rows, model, "test", variant, meta)["reward"] <= 1
+                r = pick(rows, model, "test", variant, meta)
+                assert r["reward"] == pytest.approx(subnet_reward(r["mcc"], r["accuracy"]))
+    # the validator's windows, simulated: every model on every set, and the deployed bundle
+    rewards = result["metrics"]["expected_rewards"]
+    for model in ("a", "b", "mean", "stacked", "deployed"):
+        reward = rewards[model]["test"]
+        assert 0 <= reward["p5"] <= reward["mean"] <= 1 and reward["windows"] >= 1000
 
 
 def test_dora_folds_beat_the_unadapted_member_on_held_out_target_rows(run):

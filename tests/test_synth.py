@@ -1,4 +1,4 @@
-"""Tests of the synthetic NATIX-format generator (roadwork_cache.data.synth)."""
+"""Tests of the synthetic NATIX-format generator (roadwork_cache.synth)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from helpers import planted_cache, run_cli
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.stages.train_head import run_train_head
 from roadwork_cache.training.loop import TrainConfig
+from roadwork_cache.training.metrics import balanced_weights, best_threshold
 from roadwork_cache.training.prepare import TrainHeadOptions
 
 SMALL_HEAD = {
@@ -29,7 +30,8 @@ SMALL_HEAD = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
-    cache, planted, labels = planted_cache(root / "cache", signal=5.0)
+    # daytime leaks the label too: a field the head reads by default, which must be dropped
+    cache, planted, labels = planted_cache(root / "cache", signal=5.0, leaky_daytime=True)
     opts = TrainHeadOptions(
         cache=cache,
         out=root / "run",
@@ -75,10 +77,14 @@ def test_leaky_text_field_is_flagged_and_dropped(trained):
     result, _, _, root = trained
     audit = {a["field"]: a for a in json.loads((root / "run" / "audit.json").read_text())}
     assert audit["text"]["leaky"] and audit["text"]["mcc_present"] > 0.9
-    assert not audit["weather"]["leaky"] and not audit["daytime"]["leaky"]
+    assert not audit["weather"]["leaky"]
+    assert audit["daytime"]["leaky"] is True  # leaky daytime: flagged...
     config = json.loads((root / "run" / "config.json").read_text())
     assert "text" not in config["head"]["meta_fields"]
     assert "text" in config["leaky_fields"]
+    # ...and dropped from the head's inputs, though the head reads daytime by default
+    assert "daytime" in HeadConfig(in_dim=8).meta_fields
+    assert "daytime" not in config["head"]["meta_fields"] and "daytime" in config["leaky_fields"]
 
 
 def test_pruning_keeps_the_planted_views(trained):
@@ -115,8 +121,14 @@ def test_run_folder_is_complete_and_predictions_cover_every_row(trained):
     assert set(preds["set"]) == {"train", "val", "test"}
     metrics = json.loads((run / "metrics.json").read_text())
     assert 1 <= metrics["best_epoch"] <= 25 and len(metrics["history"]) >= metrics["best_epoch"]
-    # threshold folded into later predictions is the MCC-best one on validation
-    assert 0.0 < json.loads((run / "config.json").read_text())["threshold"] < 1.0
+    # the threshold folded into later predictions is the MCC-best one on validation, in the
+    # selection setting (this cache has no natix: clean, no metadata, labels 50/50)
+    val = [i for i, s in enumerate(preds["set"]) if s == "val"]
+    y = np.array([preds["label"][i] for i in val])
+    p = np.array([preds["head_clean_none"][i] for i in val])
+    threshold = json.loads((run / "config.json").read_text())["threshold"]
+    assert threshold == pytest.approx(best_threshold(y, p, balanced_weights(y)))
+    assert metrics["selection"]["fallback"] is True
 
 
 def test_training_is_deterministic_on_cpu(tmp_path):
@@ -237,6 +249,8 @@ def test_gps_target_csv_moves_the_sampled_distribution(tmp_path):
     run_train_head(opts)
     gps = json.loads((tmp_path / "run" / "config.json").read_text())["gps"]
     assert gps["enabled"] and gps["target"] == str(target)
-    # a third of the rows are in Boston; weights 5 (near) vs 0.3 (far) lift that share
+    # a third of the rows are in Boston; weights 5 (near) vs 0.3 (far) lift that share, in
+    # the weights and in the rows the trainer actually drew
     assert gps["share_within_100km_before"] == pytest.approx(1 / 3, abs=0.1)
     assert gps["share_within_100km_after"] > 0.8
+    assert gps["share_within_100km_drawn"] > 0.8

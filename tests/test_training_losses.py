@@ -1,5 +1,7 @@
 """Focal, consistency and weather losses."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,8 +60,12 @@ def test_consistency_zero_when_views_agree():
     views[:, 0] = torch.tensor([3.0, -3.0])
     loss = consistency_loss(views)
     assert loss.item() > 1e-3
-    # Bounded by log k (generalised Jensen-Shannon divergence / k views, mean over views).
-    assert loss.item() <= torch.log(torch.tensor(6.0)).item()
+    # The generalised Jensen-Shannon divergence of the views' predictions is bounded by the
+    # entropy of their mean: log 2 for two classes, whatever the number of views.
+    assert loss.item() <= math.log(2) + 1e-6
+    # and reaches it when half the views are certain of one class and half of the other
+    split = torch.tensor([[-30.0, 30.0]] * 3 + [[30.0, -30.0]] * 3).expand(4, 6, 2)
+    assert consistency_loss(split).item() == pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_weather_loss_ignores_masked_rows():

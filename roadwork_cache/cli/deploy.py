@@ -8,10 +8,27 @@ from typing import Annotated
 
 import typer
 
-from roadwork_cache.cli.app import (
-    Device,
-    Progress,
-)
+from roadwork_cache.cli.app import Device, Progress
+
+# Options predict and export share: the model's backbone and its TTA.
+ModelWeights = Annotated[
+    str | None,
+    typer.Option(
+        help="Backbone weights (transformers folder or .pth / .safetensors file); default: the "
+        "file the model's cache was made with, if it is on this machine. Not needed for tiny."
+    ),
+]
+ModelBackbone = Annotated[
+    str | None,
+    typer.Option(help="Backbone preset (default: the one recorded by the model's cache)."),
+]
+TtaVariants = Annotated[
+    str | None,
+    typer.Option(
+        help="TTA variants, e.g. 'clean,tta:4' (default: those FOODS was fitted on, else "
+        "clean,tta:8)."
+    ),
+]
 
 
 def predict(
@@ -22,17 +39,8 @@ def predict(
         ),
     ],
     model: Annotated[Path, typer.Option(help="A `train-head` run folder or an `ensemble` folder.")],
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Backbone weights (transformers folder or .pth / .safetensors file); default: the "
-            "file the model's cache was made with, if it is on this machine. Not needed for tiny."
-        ),
-    ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(help="Backbone preset (default: the one recorded by the model's cache)."),
-    ] = None,
+    weights: ModelWeights = None,
+    backbone: ModelBackbone = None,
     tta: Annotated[
         bool,
         typer.Option(
@@ -41,13 +49,7 @@ def predict(
             "their mean."
         ),
     ] = False,
-    tta_variants: Annotated[
-        str | None,
-        typer.Option(
-            help="Variants for --tta, e.g. 'clean,tta:4' (default: those FOODS was fitted on, "
-            "else clean,tta:8)."
-        ),
-    ] = None,
+    tta_variants: TtaVariants = None,
     batch_size: Annotated[
         int, typer.Option(help="Images per forward (x variants x 12 views).")
     ] = 8,
@@ -111,18 +113,8 @@ def export(
         Path | None,
         typer.Option(help="The folder to write: a complete Hugging Face model repository."),
     ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Backbone weights (transformers folder or .pth / .safetensors file), converted "
-            "to timm's layout; default: the file the model's cache was made with, if it is on "
-            "this machine. Not needed for tiny."
-        ),
-    ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(help="Backbone preset (default: the one recorded by the model's cache)."),
-    ] = None,
+    weights: ModelWeights = None,
+    backbone: ModelBackbone = None,
     tta: Annotated[
         bool | None,
         typer.Option(
@@ -133,13 +125,7 @@ def export(
             "timing (default: the export's default).",
         ),
     ] = None,
-    tta_variants: Annotated[
-        str | None,
-        typer.Option(
-            help="TTA variants, e.g. 'clean,tta:4' (default: those FOODS was fitted on, else "
-            "clean,tta:8)."
-        ),
-    ] = None,
+    tta_variants: TtaVariants = None,
     name: Annotated[
         str | None, typer.Option(help="model_card.json model_name (default: from the model).")
     ] = None,

@@ -276,8 +276,9 @@ def ensemble(
     target: Annotated[
         str | None,
         typer.Option(
-            help="Target set: a labelled cache (DoRA folds and GPS weighting) or a CSV of lat,lon "
-            "(GPS weighting only); default: the cache's test split."
+            help="Target set: 'test' (this cache's test split), another labelled cache (DoRA "
+            "folds and GPS weighting) or a CSV of lat,lon (GPS weighting only). Without it GPS "
+            "weighting steers toward the test split; --dora-folds needs it named."
         ),
     ] = None,
     combine: Annotated[

@@ -11,26 +11,7 @@ The backbone comes from the model's own record of its cache (preset, pooling, vi
 weights that are not the ones the cache was made with are refused in one sentence, because
 a head fed features of another backbone answers with confident noise.
 
-Registering the detector in a StreetVision miner (`base_miner/detectors/`; the miner calls
-`DETECTOR_REGISTRY[name](config_name=..., device=...)`, whose `__init__` calls
-`load_model()`, then `detector(PIL.Image) -> float` per challenge)::
-
-    from base_miner.detectors import FeatureDetector
-    from base_miner.registry import DETECTOR_REGISTRY
-    from roadwork_cache import RoadworkDetector
-
-    @DETECTOR_REGISTRY.register_module(module_name="DINOV3_ROADWORK")
-    class DinoV3Roadwork(FeatureDetector):
-        def __init__(self, model_name="DINOV3_ROADWORK", config_name=None, device="cuda"):
-            super().__init__(model_name, config_name, device)
-
-        def load_model(self):
-            self.detector = RoadworkDetector.load(
-                "/models/ens-v1", weights="/models/dinov3-vith16plus",
-                device=str(self.device), tta=True)
-
-        def __call__(self, image):
-            return self.detector(image)
+The object a miner registers is `RoadworkDetector` (`inference/detector.py`).
 """
 
 from __future__ import annotations

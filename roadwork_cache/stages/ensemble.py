@@ -9,14 +9,16 @@ signal). Mean, MCC-weighted and stacked (logistic regression) combinations are f
 OOF logits and scored cross-fitted over the same folds; the chosen one is temperature-scaled
 and its MCC-best threshold folded in so that 0.5 is the cut.
 
-DoRA folds: one member (the best, or --dora-member) is adapted to a labelled target set (a
-cache given with --target, else the test split) per fold of that set, grouped by video; each
-fold's adapter trains on the other folds (minus whole videos held back for early stopping),
-so every target row gets an honest adapted logit. Adapted or not, every model is scored on
-the target with cross-fitted thresholds, so DoRA has to beat a re-tuned threshold to win.
+DoRA folds: one member (the best, or --dora-member) is adapted to a labelled target set
+(`--target test`, the cache's own test split, or another cache) per fold of that set,
+grouped by video; each fold's adapter trains on the other folds (minus whole videos held
+back for early stopping), so every target row gets an honest adapted logit. Adapted or
+not, every model is scored on the target with cross-fitted thresholds, so DoRA has to beat
+a re-tuned threshold to win.
 The adapted bag is deployed only where it wins. Optional: a distilled student.
 
-Everything lands in the output folder (see `roadwork_cache.ensemble_bundle`), with one table.
+Everything lands in the output folder (`inference/ensemble_folder.py` owns its layout), with
+one table.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import torch
 from roadwork_cache.backbone.loading import load_backbone
 from roadwork_cache.backbone.mask_targets import SAM3, MaskSpec, shard_masks
 from roadwork_cache.backbone.model import FrozenBackbone
+from roadwork_cache.backbone.pipeline import backbone_features
 from roadwork_cache.backbone.presets import POOLS, check_normalisation, get_preset
 from roadwork_cache.readers.schema import Sample
 from roadwork_cache.readers.sources import open_source
@@ -38,7 +39,8 @@ from roadwork_cache.runtime.progress import console, progress_bar
 from roadwork_cache.runtime.version import __version__
 from roadwork_cache.store.cache import Cache, ShardRange
 from roadwork_cache.store.lock import check_cache_path, refuse_if_locked, writer_lock
-from roadwork_cache.views.batching import ViewBatch, view_loader
+from roadwork_cache.store.samples import sample_row
+from roadwork_cache.views.batching import view_loader
 from roadwork_cache.views.geometry import LAYOUT, N_VIEWS, VIEW_NAMES
 from roadwork_cache.views.variants import check_variant, recipe
 
@@ -106,74 +108,6 @@ def check_resumable(cache: Cache, backbone: FrozenBackbone, n_rows: int) -> None
             f"cache {cache.root} holds {have.n_rows} rows but the source gives {n_rows}; "
             "use a new --cache folder"
         )
-
-
-def sample_row(sample: Sample, width: int | None, height: int | None, error: str | None) -> dict:
-    return {
-        "id": sample.id,
-        "split": sample.split,
-        "label": sample.label,
-        "vid_id": sample.vid_id,
-        "gps_lat": sample.gps_lat,
-        "gps_lon": sample.gps_lon,
-        "city": sample.city,
-        "weather": sample.weather,
-        "daytime": sample.daytime,
-        "scene": sample.scene,
-        "alteration": sample.alteration,
-        "description": sample.description,
-        "width": width if width is not None else sample.width,
-        "height": height if height is not None else sample.height,
-        "source": sample.source,
-        "status": "error" if error else "ok",
-        "error": error,
-    }
-
-
-@dataclass
-class InFlight:
-    """A batch whose forward is queued on the device; its features reach the host when
-    `ready` fires (None off CUDA, where everything is synchronous)."""
-
-    batch: ViewBatch
-    feats: torch.Tensor | None  # [b, V, D] on the host, once ready
-    ready: torch.cuda.Event | None = None
-
-    def result(self) -> np.ndarray | None:
-        if self.ready is not None:
-            self.ready.synchronize()
-        return None if self.feats is None else self.feats.numpy()
-
-
-def launch(backbone: FrozenBackbone, batch: ViewBatch) -> InFlight:
-    if not batch.indices:
-        return InFlight(batch, None)
-    b, v, s = batch.views.shape[:3]
-    out = backbone(batch.views.view(b * v, s, s, 3)).view(b, v, -1)
-    if out.device.type != "cuda":
-        return InFlight(batch, out)
-    # A non-blocking copy into pinned memory, and an event to wait on it alone: the next
-    # batch's forward is queued before this one is waited for, so the GPU never idles
-    # while the host collects features and fetches the next batch.
-    host = out.to("cpu", non_blocking=True)
-    ready = torch.cuda.Event()
-    ready.record()
-    return InFlight(batch, host, ready)
-
-
-def backbone_features(
-    loader: Iterable[ViewBatch], backbone: FrozenBackbone
-) -> Iterator[tuple[ViewBatch, np.ndarray | None]]:
-    """(batch, features float32 [b, V, D] or None when no image decoded) for every batch,
-    one batch ahead on the device."""
-    pending: InFlight | None = None
-    for batch in loader:
-        queued = launch(backbone, batch)
-        if pending is not None:
-            yield pending.batch, pending.result()
-        pending = queued
-    if pending is not None:
-        yield pending.batch, pending.result()
 
 
 def extract_variants(

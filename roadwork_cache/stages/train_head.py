@@ -56,6 +56,7 @@ from roadwork_cache.training.prepare import (
     selection_for,
     train_variants,
 )
+from roadwork_cache.training.sampler import share_within
 from roadwork_cache.training.selection import Selection, SelectionData
 from roadwork_cache.training.splits import choose_split
 
@@ -99,11 +100,6 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         opts.cache, sorted({*variants, *(v for v in available if v.startswith("natix-"))})
     )
     random_init = random_backbone(data)
-    if random_init:
-        console.print(
-            "[yellow]warning: this cache was made with random backbone weights; "
-            "scores demonstrate the machinery, not quality"
-        )
 
     pool, test_idx = labelled_rows(data)
     split = data.split_names()
@@ -131,7 +127,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
     meta = metadata_batch(config, data)
     mask_info = describe_masks(data, opts, variants)
     split = (train_idx, val_idx, weights)
-    model, result = fit_head(
+    model, result, drawn = fit_head(
         config,
         opts,
         data,
@@ -143,6 +139,11 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         "train-head",
         masks=mask_info["used"],
     )
+    if gps_info.get("enabled"):  # what the sampler drew, not just what its weights promise
+        lat, lon = data.gps()
+        gps_info["share_within_100km_drawn"] = share_within(
+            lat[drawn], lon[drawn], np.asarray(gps_info["centres"]), 100.0
+        )
     # The cut tuned in the selection setting, folded into everything the run deploys.
     threshold = selection.threshold(
         data.labels[val_idx],
@@ -183,7 +184,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         # The same head, seed and data without the mask losses: the comparison row pair,
         # its cut tuned in the selection setting and folded in, as the head's is.
         plain_config = HeadConfig.from_dict({**config.to_dict(), "mask_grid": 0})
-        plain, plain_result = fit_head(
+        plain, plain_result, _ = fit_head(
             plain_config,
             opts,
             data,
@@ -243,9 +244,10 @@ def fit_head(
     selection: Selection,
     label: str,
     masks: bool,
-) -> tuple[RoadworkHead, TrainResult]:
+) -> tuple[RoadworkHead, TrainResult, np.ndarray]:
     """A head trained on `variants` (with the mask losses when `masks`), from the run's seed,
-    early-stopping in the selection setting: two heads differ only in what they were asked."""
+    early-stopping in the selection setting: two heads differ only in what they were asked.
+    Also returns every row the sampler drew."""
     train_idx, val_idx, weights = split
     torch.manual_seed(opts.train.seed)
     model = RoadworkHead(config)
@@ -272,7 +274,7 @@ def fit_head(
         f"{label}: best epoch {result.best_epoch} (val MCC {result.best_val_mcc:+.3f}, "
         f"{selection.name}, no metadata, 50/50){'; stopped early' if result.stopped_early else ''}"
     )
-    return model, result
+    return model, result, np.concatenate(trainer.drawn)
 
 
 def scored_head(

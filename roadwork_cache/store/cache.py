@@ -40,33 +40,11 @@ from roadwork_cache.store.attrs import (
 )
 from roadwork_cache.store.fastread import read_whole
 from roadwork_cache.store.lock import LOCK_FILE
+from roadwork_cache.store.samples import SAMPLES_FILE, SAMPLES_SCHEMA
 
 TEXT_DIM = 384
-SAMPLES_FILE = "samples.parquet"
 MASKS = "masks"
 MASK_PRESENT = "mask_present"
-
-SAMPLES_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("split", pa.string()),
-        ("label", pa.int8()),
-        ("vid_id", pa.string()),
-        ("gps_lat", pa.float64()),
-        ("gps_lon", pa.float64()),
-        ("city", pa.string()),
-        ("weather", pa.list_(pa.string())),
-        ("daytime", pa.string()),
-        ("scene", pa.string()),
-        ("alteration", pa.string()),
-        ("description", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("source", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -423,6 +401,3 @@ class Cache:
 
 def to_json(info: dict[str, Any]) -> str:
     return json.dumps(info, indent=2, sort_keys=False, default=str)
-
-
-# ---- whole-array reads -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO
 
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.files import check_folder_path
@@ -41,7 +42,7 @@ def _release_in_child() -> None:
 os.register_at_fork(after_in_child=_release_in_child)
 
 
-def _holder(handle) -> str:
+def _holder(handle: IO[str]) -> str:
     handle.seek(0)
     return handle.read().strip() or "another process"
 
@@ -58,13 +59,18 @@ def refuse_if_locked(root: str | Path) -> None:
     if not path.is_file():
         return
     with open(path) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"cache {root} is being written by {_holder(handle)}; wait for it or stop it"
-            ) from None
+        _lock_or_refuse(handle, root)
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_or_refuse(handle: IO[str], root: str | Path) -> None:
+    """Take the exclusive lock on the open lock file, or refuse naming its holder."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(
+            f"cache {root} is being written by {_holder(handle)}; wait for it or stop it"
+        ) from None
 
 
 @contextmanager
@@ -74,12 +80,7 @@ def writer_lock(root: str | Path) -> Iterator[None]:
     root = check_cache_path(root)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"cache {root} is being written by {_holder(handle)}; wait for it or stop it"
-            ) from None
+        _lock_or_refuse(handle, root)
         _HELD.add(handle.fileno())
         try:
             handle.seek(0)

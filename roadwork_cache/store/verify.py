@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from roadwork_cache.store.cache import SAMPLES_FILE, Cache, checksum
+from roadwork_cache.store.cache import Cache, checksum
+from roadwork_cache.store.samples import SAMPLES_FILE
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch
 
 from roadwork_cache.heads import HeadConfig, MetadataBatch
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.progress import console
 from roadwork_cache.store.attrs import CacheAttrs
 from roadwork_cache.store.cache import Cache
 
@@ -153,7 +154,13 @@ def labelled_rows(data: CacheData) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_backbone(data: CacheData) -> bool:
-    """True for a cache made with random backbone weights (the tiny preset)."""
+    """True for a cache made with random backbone weights (the tiny preset), said once on
+    the console: its scores demonstrate the machinery, not quality."""
+    if data.meta.random_init:
+        console.print(
+            "[yellow]warning: this cache was made with random backbone weights; "
+            "scores demonstrate the machinery, not quality"
+        )
     return data.meta.random_init
 
 

@@ -146,6 +146,7 @@ class Trainer:
             else torch.from_numpy(soft_targets.astype(np.float32)).to(device)
         )
         self.masks, self.mask_weight = mask_tensors(masks, mask_present, len(labels), device)
+        self.drawn: list[np.ndarray] = []  # the rows each epoch drew, in order
 
     def _loss(
         self, out, rows: torch.Tensor, meta: MetadataBatch, y, wmask, variant=None
@@ -223,6 +224,7 @@ class Trainer:
             model.train()
             draw = train_rows[torch.multinomial(weights, len(train_idx), True, generator=gen)]
             variant = torch.randint(len(self.features), (len(draw),), generator=gen)
+            self.drawn.append(draw.numpy())  # what sampling really did (GPS share, tests)
             # Drawn on the CPU (the same stream on any device), moved once per epoch: a copy
             # from pageable memory inside the step would wait for the queued kernels.
             draw, variant = draw.to(self.features.device), variant.to(self.features.device)

@@ -157,11 +157,6 @@ def plan_ensemble(opts: EnsembleOptions) -> Prepared:
     )
     eval_variants = evaluation_variants(data)
     random_init = random_backbone(data)
-    if random_init:
-        console.print(
-            "[yellow]warning: this cache was made with random backbone weights; "
-            "scores demonstrate the machinery, not quality"
-        )
 
     pool, test_idx = labelled_rows(data)
     chosen = choose_folds(data.labels[pool], data.groups()[pool], opts.folds, opts.seed)
