@@ -187,8 +187,8 @@ def main() -> None:
     parser.add_argument(
         "--batch-folds",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the ensemble's --batch-folds (default: on with CUDA)",
+        default=False,
+        help="the ensemble's --batch-folds (default: off, as the ensemble's)",
     )
     parser.add_argument(
         "--compare-sequential",

@@ -209,8 +209,7 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
                 rate=f"{out.member} fold {out.fold + 1} val MCC {out.best_val_mcc:+.3f}",
             )
 
-        batch = device.type == "cuda" if opts.batch_folds is None else opts.batch_folds
-        outputs = run_folds(ctx, jobs, opts.jobs, on_epoch, on_done, batch_folds=batch)
+        outputs = run_folds(ctx, jobs, opts.jobs, on_epoch, on_done, opts.batch_folds)
         member_seconds = time.perf_counter() - t0
         for n in names:
             if n not in results:
@@ -320,7 +319,7 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
         "dora": dora.info if dora else None,
         "student": student,
         "bundle_max_diff": bundle_diff,
-        "batch_folds": batch,
+        "batch_folds": opts.batch_folds,
         "seconds": {
             "members": member_seconds,
             "dora": dora.info["seconds"] if dora else 0.0,
