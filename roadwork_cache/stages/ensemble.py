@@ -71,6 +71,7 @@ from roadwork_cache.training.ensemble_scores import (
     score_entries,
     target_columns,
 )
+from roadwork_cache.training.fold_runs import run_folds
 from roadwork_cache.training.loop import EpochLog
 from roadwork_cache.training.members import (
     CLEAN,
@@ -78,7 +79,6 @@ from roadwork_cache.training.members import (
     FoldOutput,
     MemberResult,
     assemble_member,
-    run_folds,
 )
 from roadwork_cache.training.plan import (
     EnsembleOptions,
@@ -209,7 +209,7 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
                 rate=f"{out.member} fold {out.fold + 1} val MCC {out.best_val_mcc:+.3f}",
             )
 
-        outputs = run_folds(ctx, jobs, opts.jobs, on_epoch, on_done)
+        outputs = run_folds(ctx, jobs, opts.jobs, on_epoch, on_done, opts.batch_folds)
         member_seconds = time.perf_counter() - t0
         for n in names:
             if n not in results:
@@ -319,6 +319,7 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
         "dora": dora.info if dora else None,
         "student": student,
         "bundle_max_diff": bundle_diff,
+        "batch_folds": opts.batch_folds,
         "seconds": {
             "members": member_seconds,
             "dora": dora.info["seconds"] if dora else 0.0,

@@ -4,21 +4,16 @@ A member is a name, a seed and overrides of the head and training settings (docs
 §8: seeds, no pruning, deeper, wider, more heads, stronger GPS weighting). The unit of
 work is (member, fold): train on the other folds, early-stopping on whole videos held back
 from them (never on the fold it predicts), save the weights, return normalised logits on
-the held-out fold, the test rows, a separate target and every row. It runs in this process
-or in spawned worker processes that each load the cache once (`run_folds`), with the same
-seeds either way.
+the held-out fold, the test rows, a separate target and every row. `training.fold_runs`
+runs the jobs (here or in worker processes, one at a time or a member's folds batched).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing as mp
-import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,8 +28,8 @@ from roadwork_cache.heads.io import save_weights
 from roadwork_cache.heads.probe import ProbeConfig
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.baselines import ALL_VIEWS, fit_probe
-from roadwork_cache.training.dataset import CacheData, load_cache_data, metadata_batch
-from roadwork_cache.training.loop import EpochLog, TrainConfig, Trainer
+from roadwork_cache.training.dataset import CacheData, metadata_batch
+from roadwork_cache.training.loop import TrainConfig, Trainer
 from roadwork_cache.training.losses import LossWeights
 from roadwork_cache.training.selection import Selection, SelectionData
 
@@ -321,55 +316,6 @@ def fold_output(
         full=norm.apply(full),
         norm=norm,
     )
-
-
-_WORKER: Context | None = None
-
-
-def _init_worker(spec: ContextSpec) -> None:
-    global _WORKER
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    data = load_cache_data(spec.cache, spec.variants)
-    target = load_cache_data(spec.target_cache, spec.target_variants) if spec.target_cache else None
-    _WORKER = Context(spec, data, target, torch.device(spec.device))
-
-
-def _run_in_worker(job: FoldJob) -> FoldOutput:
-    assert _WORKER is not None, "worker not initialised"
-    return run_fold(_WORKER, job)
-
-
-def run_folds(
-    ctx: Context,
-    jobs: list[FoldJob],
-    n_workers: int,
-    on_epoch: Callable[[FoldJob, EpochLog], None] | None = None,
-    on_done: Callable[[FoldOutput], None] | None = None,
-) -> list[FoldOutput]:
-    """All fold jobs: one after another here, or in spawned worker processes that each load
-    the cache once (``n_workers`` > 1); each job seeds itself, so the results do not depend on
-    the order or the process (up to float summation order across thread counts)."""
-    outputs: list[FoldOutput] = []
-    if n_workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            epoch_cb = (lambda log, job=job: on_epoch(job, log)) if on_epoch else None
-            outputs.append(run_fold(ctx, job, epoch_cb))
-            if on_done:
-                on_done(outputs[-1])
-        return outputs
-    spec = ContextSpec(
-        **{**asdict(ctx.spec), "threads": max(1, (os.cpu_count() or 1) // n_workers)}
-    )
-    with cf.ProcessPoolExecutor(
-        n_workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(spec,)
-    ) as pool:
-        futures = [pool.submit(_run_in_worker, job) for job in jobs]
-        for future in cf.as_completed(futures):
-            outputs.append(future.result())
-            if on_done:
-                on_done(outputs[-1])
-    return outputs
 
 
 def digest(value: Any) -> str:

@@ -67,6 +67,9 @@ class EnsembleOptions(TrainHeadOptions):
     distill: bool = False
     distill_cfg: DistillConfig = field(default_factory=DistillConfig)
     jobs: int = 1  # worker processes for the member folds
+    # a member's folds (and same-config members') trained as one batched computation; off
+    # by default until it is measured faster (on a 2-core CPU it is not: docs/benchmarks.md)
+    batch_folds: bool = False
 
     def head_options(self, spec: MemberSpec | None = None) -> TrainHeadOptions:
         """The train-head options a member would have had: train-head's helpers take them."""
