@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from roadwork_cache.cli import deploy, stage_one, stage_two
+from roadwork_cache.cli import deploy, ensemble, stage_one, stage_two
 from roadwork_cache.cli.app import app, cache_app
 from roadwork_cache.runtime.errors import UserError
 
@@ -20,8 +20,8 @@ cache_app.command("info")(stage_one.cache_info)
 cache_app.command("verify")(stage_one.cache_verify)
 app.command("train-head")(stage_two.train_head)
 app.command("report")(stage_two.report)
-app.command("ensemble")(stage_two.ensemble)
-app.command("tta")(stage_two.tta)
+app.command("ensemble")(ensemble.ensemble)
+app.command("tta")(ensemble.tta)
 app.command("predict")(deploy.predict)
 app.command("export")(deploy.export)
 app.command("demo")(deploy.demo)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -129,3 +131,31 @@ def check_flags(*rules: Rule) -> None:
 
 
 app.add_typer(cache_app, name="cache")
+
+
+def parse_brackets(text: str) -> tuple[tuple[float, float], ...]:
+    """--gps-brackets '50:5,200:2.5' -> ((50.0, 5.0), (200.0, 2.5)): km, weight."""
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        return tuple((float(km), float(w)) for km, w in pairs)
+    except ValueError:
+        raise UserError(f"--gps-brackets {text!r} must look like '50:5,200:2.5,500:1'") from None
+
+
+def read_config_file(path: Path) -> dict:
+    """A JSON or YAML file with optional 'head' and 'train' sections."""
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise UserError(f"config file {path} is not valid JSON/YAML: {exc}") from None
+    if not isinstance(data, dict) or set(data) - {"head", "train"}:
+        raise UserError(f"config file {path} must hold only 'head' and 'train' sections")
+    return data
