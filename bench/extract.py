@@ -9,13 +9,19 @@ Figures are ratios inside one run where possible:
 - on CUDA, achieved TFLOP/s (counted by torch's FlopCounterMode) against a bf16 matmul
   measured in the same run: the share of the reachable rate;
 - decode + views + backbone (DataLoader workers) against the backbone alone: whether
-  decoding keeps up.
+  decoding keeps up;
+- the same forward under exactly one SDPA backend each (flash, cuDNN, memory-efficient, and
+  math for reference): one row per backend, or one line saying it cannot run here;
+- with --compile: the first call (compiling), the steady rate, the features rounded to
+  float16 (as the cache stores them) against eager's, and whether the compile pays for
+  itself within one shard of 1,024 images x 12 views.
 Weights are random from the preset's shape: speed does not depend on their values.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -23,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from roadwork_cache.backbone.loading import random_model
@@ -80,6 +87,48 @@ def make_backbone(preset: str, view_size: int, attn: str, device: torch.device) 
     return FrozenBackbone(stand_in(preset, view_size, attn), "random", p, "cls", info).to(device)
 
 
+SHARD_VIEWS = 1024 * N_VIEWS  # one shard of `extract`: the compile is paid once per shard
+BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+
+class Variant(FrozenBackbone):
+    """The extract path's forward (normalisation, bf16 autocast on CUDA) over the same
+    model, with its tokens computed under exactly one SDPA backend and/or by a compiled
+    forward_features. `sdpa_kernel` does not nest by intersection: the innermost context
+    sets the enabled backends outright, so the one entered here, inside FrozenBackbone's
+    own flash+efficient context, is the one that runs. (Compiling `model` itself would not
+    do: FrozenBackbone calls `model.forward_features`, which an OptimizedModule hands to
+    the eager module.)"""
+
+    def __init__(self, fast: FrozenBackbone, backend: SDPBackend | None, compile: bool):
+        super().__init__(fast.model, fast.kind, fast.preset, fast.pool, fast.info)
+        self.backend = backend
+        features = fast.model.forward_features
+        self.features = torch.compile(features) if compile else features
+        self.to(fast.device)
+
+    def tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        one = sdpa_kernel(self.backend) if self.backend is not None else contextlib.nullcontext()
+        with one:
+            return self.features(pixels), self.model.num_prefix_tokens
+
+
+def fp16_fidelity(eager: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """Both rounded to float16 as the cache stores them: the largest |difference| and the
+    share of elements that differ by more than one float16 ulp of the eager value."""
+    e, o = eager.half().float(), other.half().float()
+    _, exponent = torch.frexp(e)  # e = m * 2**exponent, 0.5 <= |m| < 1; 10 mantissa bits
+    ulp = torch.ldexp(torch.ones_like(e), exponent - 11).clamp_min(2.0**-24)
+    ulp = torch.where(e == 0, 2.0**-24, ulp)  # frexp(0) has exponent 0
+    diff = (o - e).abs()
+    return diff.max().item(), (diff > ulp).float().mean().item()
+
+
 class Fp32Eager(FrozenBackbone):
     """The baseline: no autocast, eager attention; otherwise the same forward."""
 
@@ -108,12 +157,13 @@ def main() -> None:
         "--baseline",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="time fp32 eager and a bf16 matmul too (minutes for vith16plus)",
+        help="time fp32 eager too (about a minute for vith16plus at 512 px on an H100)",
     )
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="also time the extract path under torch.compile (a candidate)",
+        help="also time the extract path under torch.compile: compile seconds, steady rate, "
+        "float16 fidelity to eager, payback within one shard",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -142,14 +192,23 @@ def main() -> None:
     candidates = [("extract path (bf16 + SDPA on CUDA)", fast)]
     if args.baseline:
         candidates.append(("fp32 eager", base))
+    unavailable = []
+    for name, backend in BACKENDS.items():
+        model = Variant(fast, backend, compile=False)
+        try:
+            model(views[:2])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            unavailable.append(f"SDPA backend {name}: cannot run here ({first[:160]})")
+            continue
+        candidates.append((f"  SDPA {name} only", model))
+    compiled = None
     if args.compile:
-        compiled = FrozenBackbone(
-            torch.compile(fast.model), "transformers", fast.preset, "cls", fast.info
-        ).to(device)
+        compiled = Variant(fast, None, compile=True)
         start = time.perf_counter()
         compiled(views)
         sync(device)
-        print(f"torch.compile: first call (compiling) {time.perf_counter() - start:.1f} s")
+        compile_s = time.perf_counter() - start
         candidates.append(("extract path + torch.compile", compiled))
     rows = []
     for name, model in candidates:
@@ -171,15 +230,19 @@ def main() -> None:
         f"preset {args.preset}, view {args.view_size} px, {args.batch} images x 12 views per "
         f"forward, {flops_per_view / 1e9:.2f} GFLOP per view"
     )
-    peak = matmul_tflops(device) if device.type == "cuda" and args.baseline else None
+    peak = matmul_tflops(device) if device.type == "cuda" else None
     print(f"{'backbone':38s} {'views/s':>10s} {'images/s':>10s} {'TFLOP/s':>9s} {'vs matmul':>9s}")
     for name, vps, ips, tflops in rows:
         share = f"{tflops / peak:9.1%}" if peak else f"{'-':>9s}"
         print(f"{name:38s} {vps:10.1f} {ips:10.2f} {tflops:9.3f} {share}")
+    for line in unavailable:
+        print(line)
     if peak:
-        print(f"bf16 matmul 8192^3 in the same run: {peak:.1f} TFLOP/s")
+        print(f"bf16 matmul 8192^3 in the same run: {peak:.1f} TFLOP/s (goal: 50 % of it)")
     if args.baseline:
         print(f"speed-up of the extract path over fp32 eager: {rows[0][1] / rows[1][1]:.2f}x")
+    if compiled is not None:
+        report_compile(fast, compiled, views, compile_s, rows[0][1], rows[-1][1])
 
     # End to end: parquet -> decode -> variant -> 12 views -> backbone -> host, through the
     # functions `extract` runs. Startup (worker processes, the first batch) is timed apart
@@ -223,6 +286,32 @@ def main() -> None:
     if "aug-0" in rates:
         met = rates["aug-0"][1].steady >= 0.9 * clean
         print(f"goal: aug images/s at least 90 % of clean ({'MET' if met else 'NOT MET'} here)")
+
+
+def report_compile(
+    fast: FrozenBackbone,
+    compiled: FrozenBackbone,
+    views: torch.Tensor,
+    compile_s: float,
+    eager_vps: float,
+    compiled_vps: float,
+) -> None:
+    """Compile seconds, steady rates, fidelity to eager in the cache's float16, payback."""
+    worst, share = fp16_fidelity(fast(views), compiled(views))
+    saved = (1 / eager_vps - 1 / compiled_vps) * SHARD_VIEWS
+    print(
+        f"torch.compile: first call (compiling) {compile_s:.1f} s; steady {compiled_vps:.1f} "
+        f"views/s against eager {eager_vps:.1f} ({compiled_vps / eager_vps:.2f}x)"
+    )
+    print(
+        f"torch.compile vs eager, features in float16 as cached: max |difference| {worst:.3g}, "
+        f"{share:.3%} of elements differ by more than one float16 ulp of eager"
+    )
+    pays = compile_s < saved
+    print(
+        f"torch.compile pays back within one shard ({SHARD_VIEWS} views): "
+        f"{'YES' if pays else 'NO'} (compile {compile_s:.1f} s vs {saved:.1f} s saved per shard)"
+    )
 
 
 class Clock:
