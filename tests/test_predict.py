@@ -5,6 +5,7 @@ numbers as the cache-based `roadwork tta`, and the detector equal to `predict`."
 import csv
 import json
 import multiprocessing
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -159,6 +160,28 @@ def test_predict_reproduces_the_cache_and_the_tta_stage(setup):
         name = Path(a.path).name
         assert a.probability == pytest.approx(expected[name], abs=1e-5)
         assert t.probability == pytest.approx(foods[name], abs=1e-5)
+
+
+def test_predict_gives_the_callers_torch_threads_back(setup):
+    """predict sets torch's intra-op threads beside its decoding workers on a CPU; that
+    setting is process-global, so the caller's comes back when it returns."""
+    before = torch.get_num_threads()
+    mine = (os.cpu_count() or 1) + 2  # never what predict picks (cores - workers)
+    torch.set_num_threads(mine)
+    try:
+        opts = PredictOptions(
+            inputs=[str(setup["photos"])],
+            model=setup["model"],
+            device="cpu",
+            workers=1,
+            batch_size=1,  # more images than one batch: the worker is used
+            progress=False,
+        )
+        answers, _ = run_predict(opts)
+        assert all(a.probability is not None for a in answers)
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_detector_matches_predict_and_is_thread_safe(setup):

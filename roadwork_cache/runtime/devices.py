@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 from roadwork_cache.runtime.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,3 +36,18 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def keeps_torch_threads(fn: F) -> F:
+    """A stage that sets torch's intra-op threads for its own work (beside decoding workers)
+    gives the caller's setting back when it returns: it is process-global."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper  # type: ignore[return-value]

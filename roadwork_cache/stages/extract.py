@@ -32,7 +32,7 @@ from roadwork_cache.backbone.presets import POOLS, check_normalisation, get_pres
 from roadwork_cache.readers.schema import Sample
 from roadwork_cache.readers.sources import open_source
 from roadwork_cache.reports.tables import ExtractSummary
-from roadwork_cache.runtime.devices import default_workers, resolve_device
+from roadwork_cache.runtime.devices import default_workers, keeps_torch_threads, resolve_device
 from roadwork_cache.runtime.distributed import close_ranks, init_ranks
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.progress import console, progress_bar
@@ -242,6 +242,7 @@ def write_shard_masks(
     return found.reasons
 
 
+@keeps_torch_threads
 def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
     """Extract every missing (shard, variant); returns the summary on rank 0, None elsewhere."""
     # Cheap checks of the flags first, so a typo costs no reading and no model loading.

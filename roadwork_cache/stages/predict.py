@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from roadwork_cache.inference.predictor import Answer, Predictor
 from roadwork_cache.readers.images import MAX_PIXELS, ImageError, decode_image
-from roadwork_cache.runtime.devices import default_workers
+from roadwork_cache.runtime.devices import default_workers, keeps_torch_threads
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.processes import worker_init_fn
 from roadwork_cache.runtime.progress import console, progress_bar
@@ -114,6 +114,7 @@ class FileViews(Dataset):
         return DecodedItem(index, views, width, height, None)
 
 
+@keeps_torch_threads
 def run_predict(
     opts: PredictOptions, predictor: Predictor | None = None
 ) -> tuple[list[Answer], Predictor]:
