@@ -82,6 +82,17 @@ def test_every_module_is_in_a_layer():
     assert not strays, f"modules outside the layers {LAYERS} and runtime: {strays}"
 
 
+def test_every_module_says_what_it_holds():
+    """`ls roadwork_cache` shows the flow; each module's first line says its one job."""
+    vague = {
+        name: ast.get_docstring(ast.parse(path.read_text()))
+        for name, path in modules().items()
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    vague = {n: d for n, d in vague.items() if not d or len(d) < 20 or "TODO" in d}
+    assert not vague, f"modules without a docstring that says what they hold: {vague}"
+
+
 def test_layers_only_import_earlier_layers(graph):
     wrong = []
     for module, deps in graph.items():

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""What the HTML report computes from a train-head run folder: the set it reads, MCC per
+metadata group and GPS cluster, the hardest errors, and reliability (calibration) bins."""
 
 from __future__ import annotations
 

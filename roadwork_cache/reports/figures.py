@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The report's matplotlib figures (confusion matrices, groups, reliability, histograms,
+learning curves) as inline PNG data URIs, and the `curve.png` a train-head run saves."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The self-contained HTML page of `roadwork report`: its sections, rendered from a run folder
+and the analysis (no external files, figures inline)."""
 
 from __future__ import annotations
 

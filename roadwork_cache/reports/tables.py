@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The summary table every command prints at its end (rich Tables), and the small summary
+records of extract and export."""
 
 from __future__ import annotations
 
