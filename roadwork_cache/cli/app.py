@@ -96,6 +96,35 @@ AllowLeaky = Annotated[
 ]
 
 
+CacheFolder = Annotated[Path, typer.Option(help="Cache folder made by `roadwork extract`.")]
+
+
+BatchSize = Annotated[int, typer.Option(help="Rows per step.")]
+
+
+Patience = Annotated[
+    int, typer.Option(help="Epochs without a better validation MCC before stopping.")
+]
+
+
+TrainVariants = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated cached variants drawn per row per epoch (default: clean, "
+        "aug-\\*, natix-\\*); in an ensemble a member's own 'variants' wins."
+    ),
+]
+
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="JSON or YAML file with 'head' and 'train' sections (under every ensemble "
+        "member); flags override it."
+    ),
+]
+
+
 Overwrite = Annotated[
     bool,
     typer.Option(

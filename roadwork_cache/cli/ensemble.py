@@ -10,12 +10,17 @@ import typer
 
 from roadwork_cache.cli.app import (
     AllowLeaky,
+    BatchSize,
+    CacheFolder,
+    ConfigFile,
     Device,
     GpsBeyond,
     GpsBrackets,
     LeakBound,
     Overwrite,
+    Patience,
     Progress,
+    TrainVariants,
     above,
     at_least,
     between,
@@ -26,7 +31,7 @@ from roadwork_cache.cli.app import (
 
 
 def ensemble(
-    cache: Annotated[Path, typer.Option(help="Cache folder made by `roadwork extract`.")],
+    cache: CacheFolder,
     out: Annotated[
         Path,
         typer.Option(
@@ -90,20 +95,11 @@ def ensemble(
         ),
     ] = False,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per member fold.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 128,
+    batch_size: BatchSize = 128,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the members.")] = 3e-4,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 8,
-    variants: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated cached variants drawn per row per epoch (default: clean, "
-            "aug-\\*, natix-\\*); a member's own 'variants' wins."
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="JSON or YAML file with 'head' and 'train' sections under every member."),
-    ] = None,
+    patience: Patience = 8,
+    variants: TrainVariants = None,
+    config: ConfigFile = None,
     gps_brackets: GpsBrackets = "50:5,200:2.5,500:1",
     gps_beyond: GpsBeyond = 0.3,
     leak_bound: LeakBound = 0.3,

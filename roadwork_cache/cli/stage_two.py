@@ -9,12 +9,17 @@ import typer
 
 from roadwork_cache.cli.app import (
     AllowLeaky,
+    BatchSize,
+    CacheFolder,
+    ConfigFile,
     Device,
     GpsBeyond,
     GpsBrackets,
     LeakBound,
     Overwrite,
+    Patience,
     Progress,
+    TrainVariants,
     above,
     at_least,
     between,
@@ -25,7 +30,7 @@ from roadwork_cache.cli.app import (
 
 
 def train_head(
-    cache: Annotated[Path, typer.Option(help="Cache folder made by `roadwork extract`.")],
+    cache: CacheFolder,
     out: Annotated[Path, typer.Option(help="Run folder for config, weights, metrics.")],
     epochs: Annotated[
         int, typer.Option(help="Maximum epochs (early stopping may end sooner).")
@@ -53,12 +58,10 @@ def train_head(
         typer.Option(help="Probability of hiding each metadata field per row in training."),
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout in the head.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 128,
+    batch_size: BatchSize = 128,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
     accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    patience: Annotated[
-        int, typer.Option(help="Epochs without a better val MCC before stopping.")
-    ] = 8,
+    patience: Patience = 8,
     w_consistency: Annotated[
         float, typer.Option(help="Weight of the multi-view consistency loss.")
     ] = 0.1,
@@ -81,13 +84,7 @@ def train_head(
             help="Also train the head without the mask losses and report both MCCs.",
         ),
     ] = False,
-    variants: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated cached variants drawn per row per epoch (default: clean, "
-            "aug-\\*, natix-\\*)."
-        ),
-    ] = None,
+    variants: TrainVariants = None,
     target: Annotated[
         str | None,
         typer.Option(
@@ -99,10 +96,7 @@ def train_head(
     gps_beyond: GpsBeyond = 0.3,
     leak_bound: LeakBound = 0.3,
     allow_leaky_metadata: AllowLeaky = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="JSON or YAML file with 'head' and 'train' sections; flags override it."),
-    ] = None,
+    config: ConfigFile = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
     progress: Progress = True,
