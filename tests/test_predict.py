@@ -278,6 +278,19 @@ def test_empty_folder_and_incomplete_model_are_one_sentence(monkeypatch, capsys,
     assert answers[-1]["error"].startswith("no such file")
 
 
+def test_demo_answers_on_stdout_and_logs_on_stderr(tmp_path, capsys):
+    """Each step's table and the closing table of paths are results (stdout); the step
+    titles and notes are log lines (stderr), as for every other command."""
+    from roadwork_cache.stages.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(out=tmp_path / "demo", rows=120, epochs=1, text=False))
+    out, err = capsys.readouterr()
+    for title in ("extract:", "train-head:", "predict:", "demo: where everything is"):
+        assert title in out, title
+    assert "where everything is" not in err and "0.5 is the cut" not in err
+    assert "model used from here on" in err and "model used from here on" not in out
+
+
 def test_demo_refuses_a_used_folder_and_variants_without_tta(tmp_path):
     from roadwork_cache.runtime.errors import UserError
     from roadwork_cache.stages.demo import DemoOptions, run_demo

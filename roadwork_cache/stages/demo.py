@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.runtime.progress import console
+from roadwork_cache.runtime.progress import console, results
 
 # A head small enough to train in seconds per epoch on two CPU cores.
 DEMO_HEAD: dict[str, Any] = {
@@ -110,7 +110,7 @@ def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path 
             progress=opts.progress,
         )
     )
-    console.print(result["table"])
+    results.print(result["table"])
     return Path(result["out"])
 
 
@@ -157,7 +157,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
         )
     )
     if summary is not None:
-        console.print(extract_table(summary))
+        results.print(extract_table(summary))
     where["feature cache"] = cache
 
     step("3. train-head: a small head from the cache alone")
@@ -175,7 +175,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
             progress=opts.progress,
         )
     )
-    console.print(result["table"])
+    results.print(result["table"])
     where["train-head run"] = run
 
     step("4. ensemble: small members on grouped folds, combined and calibrated")
@@ -198,8 +198,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
         )
     )
     if tta["table"] is not None:
-        console.print(tta["table"])
-    console.print(tta["variant_table"])
+        results.print(tta["table"])
+    results.print(tta["variant_table"])
     where["tta predictions"] = preds
     where["tta metrics"] = tta["metrics_path"]
     if tta["stats_path"]:
@@ -214,7 +214,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
     )
     for note in predictor.notes:
         console.print(f"note: {note}")
-    console.print(answers_table(answers, predictor))
+    results.print(answers_table(answers, predictor))
     where["images for predict"] = images[0].parent
 
     step("7. report: one HTML page about the train-head run")
@@ -226,6 +226,6 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
     table.add_column("where")
     for what, path in where.items():
         table.add_row(what, str(path))
-    console.print(table)
+    results.print(table)
     console.print(f"[yellow]{RANDOM_WEIGHTS}")
     return where
