@@ -1,9 +1,8 @@
 """`roadwork demo`: the whole chain on synthetic data, small enough for a CPU in minutes.
 
 Read top to bottom: synth -> extract (tiny random-weight backbone, small views, a few
-variants) -> train-head (a small head) -> ensemble (when this build has the stage) -> tta
-(FOODS beside mean-TTA and no TTA) -> predict (a few image files and one broken file, as a
-user would) -> report. Each step prints where its output is; a table at the end lists them
+variants) -> train-head (a small head) -> ensemble -> tta (FOODS beside mean-TTA and no
+TTA) -> predict (a few image files and one broken file, as a user would) -> report. Each step prints where its output is; a table at the end lists them
 all. The tiny backbone has random weights, so every score here shows that the machinery
 runs end to end, not how well a real DINOv3 backbone does.
 """
@@ -84,16 +83,12 @@ DEMO_MEMBERS = [
 
 
 def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path | None:
-    """`roadwork ensemble` with small members, when this build has the stage; None (and a
-    sentence saying so) otherwise."""
+    """`roadwork ensemble` with small members; None when the demo is asked to skip it."""
     if not opts.ensemble:
         return None
-    try:
-        from roadwork_cache.stages.ensemble import run_ensemble
-        from roadwork_cache.training.plan import EnsembleOptions
-    except ImportError:
-        console.print("ensemble step skipped: this build has no roadwork_cache.stages.ensemble")
-        return None
+    from roadwork_cache.stages.ensemble import run_ensemble
+    from roadwork_cache.training.plan import EnsembleOptions
+
     out.mkdir(parents=True, exist_ok=True)
     members = out.parent / "ensemble-members.json"
     members.write_text(json.dumps(DEMO_MEMBERS, indent=2))
