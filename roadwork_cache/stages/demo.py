@@ -1,10 +1,11 @@
 """`roadwork demo`: the whole chain on synthetic data, small enough for a CPU in minutes.
 
 Read top to bottom: synth -> extract (tiny random-weight backbone, small views, a few
-variants) -> train-head (a small head) -> ensemble -> tta (FOODS beside mean-TTA and no
-TTA) -> predict (a few image files and one broken file, as a user would) -> report. Each step prints where its output is; a table at the end lists them
-all. The tiny backbone has random weights, so every score here shows that the machinery
-runs end to end, not how well a real DINOv3 backbone does.
+variants) -> train-head (a small head) -> ensemble -> tta (FOODS beside mean-TTA and no TTA)
+-> predict (a few image files and one broken file, as a user would) -> report. Each step
+prints where its output is; a table at the end lists them all. The tiny backbone has random
+weights, so every score here shows that the machinery runs end to end, not how well a real
+DINOv3 backbone does.
 """
 
 from __future__ import annotations
