@@ -20,7 +20,7 @@ from roadwork_cache.heads.io import WEIGHTS_FILE
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.batched import FoldBatchTrainer
 from roadwork_cache.training.fold_runs import batch_groups, run_folds
-from roadwork_cache.training.loop import TrainConfig, Trainer
+from roadwork_cache.training.loop import TrainConfig, Trainer, stacked_features
 from roadwork_cache.training.losses import LossWeights
 from roadwork_cache.training.plan import EnsembleOptions, context, plan_ensemble, plan_members
 from roadwork_cache.training.selection import Selection, SelectionData
@@ -312,6 +312,10 @@ def test_ensemble_folds_batched_equal_one_at_a_time(tmp_path):
             assert sorted(map(len, groups)) == [1, 1, 1, 3, 6]  # probes alone, a + a-gps
         done = run_folds(ctx, jobs, 1, batch_folds=batch)
         outputs[batch] = {(o.member, o.fold): o for o in done}
+        # every fold model of the run trained on one stacked copy of the features
+        stacked = ctx.train_features(jobs[0].variants)
+        assert stacked is ctx.train_features(list(jobs[0].variants))
+        assert ctx._stacked.keys() == {tuple(jobs[0].variants)}
     assert outputs[True].keys() == outputs[False].keys() and len(outputs[True]) == 12
     stopped = 0
     for key, one in outputs[False].items():
@@ -338,3 +342,22 @@ def test_ensemble_folds_batched_equal_one_at_a_time(tmp_path):
     assert stopped > 0  # early stopping happened in some fold
     trained = [o for k, o in outputs[True].items() if k[0] != "probe"]
     assert all(abs(o.full).max() > 0.1 for o in trained)  # the folds learnt something
+
+
+def test_a_trainer_takes_the_features_stacked_without_copying_them(data):
+    variants, labels, meta = data
+    stacked = stacked_features(variants, CPU)
+    assert stacked.shape == (2, *variants[0].shape)
+    config = HeadConfig(**SMALL, **NO_DROPOUT)
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    for trainer in (
+        Trainer(RoadworkHead(config), cfg, stacked, labels, meta, CPU),
+        FoldBatchTrainer([RoadworkHead(config)], cfg, [0], stacked, labels, meta, CPU),
+    ):
+        assert trainer.features is stacked
+    init = models(config, [3])
+    tr, va, w = folds(240, 2, seed=0)[0]
+    a, b = copy.deepcopy(init[0]), copy.deepcopy(init[0])
+    Trainer(a, replace(cfg, seed=3), variants, labels, meta, CPU).fit(tr, va, w)
+    Trainer(b, replace(cfg, seed=3), stacked, labels, meta, CPU).fit(tr, va, w)
+    assert max_diff(a, b) == 0.0  # the same training, from either form

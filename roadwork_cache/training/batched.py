@@ -41,7 +41,14 @@ from roadwork_cache.heads import MetadataBatch, RoadworkHead
 from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.batched_adamw import FlatLayout, FoldAdamW, to_device
-from roadwork_cache.training.loop import EpochLog, TrainConfig, TrainResult, lr_lambda, resident
+from roadwork_cache.training.loop import (
+    EpochLog,
+    TrainConfig,
+    TrainResult,
+    lr_lambda,
+    resident,
+    stacked_features,
+)
 from roadwork_cache.training.losses import focal_loss, total_loss, weather_aux_loss
 from roadwork_cache.training.selection import SelectionData
 
@@ -59,7 +66,7 @@ class FoldBatchTrainer:
         models: Sequence[RoadworkHead],
         cfg: TrainConfig,
         seeds: Sequence[int],
-        variants: Sequence[np.ndarray],
+        variants: Sequence[np.ndarray] | torch.Tensor,
         labels: np.ndarray,
         meta: MetadataBatch,
         device: torch.device,
@@ -77,14 +84,14 @@ class FoldBatchTrainer:
         self.models = [m.to(device) for m in models]  # as Trainer: the models move there
         self.cfg, self.seeds, self.device = cfg, list(seeds), device
         self.base = copy.deepcopy(models[0]).to(device)  # the module functional_call runs
-        self.features = resident(torch.from_numpy(np.stack(variants)), device)
+        self.features = stacked_features(variants, device)
         self.host_labels = labels.astype(np.int64)
         self.labels = torch.from_numpy(self.host_labels).to(device)
         self.meta = meta.to(device)
         self.weather_mask = self.meta.weather.sum(dim=1) > 0
-        self.selection = selection or SelectionData.single(variants[0])
+        self.selection = selection or SelectionData.single(self.features[0].cpu().numpy())
         params, _ = stack_module_state(self.models)  # buffers (gps_freqs) are shared
-        self.layout = FlatLayout.of(params, self._frozen(variants, labels, meta))
+        self.layout = FlatLayout.of(params, self._frozen(labels, meta))
         self.flat = self.layout.flatten(params)
         self.optimizer, self.compile = optimizer, compile
         # CPU flash attention has no vmap batching rule (vmap would loop over the folds)
@@ -124,7 +131,7 @@ class FoldBatchTrainer:
         logits = functional_call(self.base, params, (x, None)).logits
         return torch.softmax(logits.float(), dim=-1)[:, 1]
 
-    def _frozen(self, variants, labels, meta) -> set[str]:
+    def _frozen(self, labels, meta) -> set[str]:
         """Parameters that get no gradient in Trainer (grad None: AdamW skips them, weight
         decay included), e.g. the projection of a metadata field the config leaves out.
         Structural (the head has no data-dependent branches), so two rows find them."""
@@ -132,7 +139,7 @@ class FoldBatchTrainer:
         rows = slice(0, min(2, len(labels)))
         m = meta.select(rows).to("cpu")
         with torch.random.fork_rng(devices=[]):  # the probe's dropout leaves the RNG alone
-            out = probe(torch.from_numpy(np.asarray(variants[0][rows])).float(), m)
+            out = probe(self.features[0, rows].cpu().float(), m)
         c = self.cfg
         y = torch.from_numpy(labels[rows].astype(np.int64))
         total_loss(

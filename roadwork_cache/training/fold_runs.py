@@ -73,7 +73,7 @@ def run_fold_group(ctx: Context, jobs: list[FoldJob], on_epoch: OnEpoch | None =
         models,
         TrainConfig.from_dict({**jobs[0].train, "seed": jobs[0].seed}),
         [job.seed for job in jobs],
-        [data.features[v] for v in jobs[0].variants],
+        ctx.train_features(jobs[0].variants),
         data.labels,
         metadata_batch(config, data),
         ctx.device,

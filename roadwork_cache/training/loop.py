@@ -90,6 +90,17 @@ def resident(features: torch.Tensor, device: torch.device) -> torch.Tensor:
     return features.to(device) if features.nbytes <= free // 2 else features
 
 
+def stacked_features(
+    variants: Sequence[np.ndarray] | torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The variants' features as one tensor [n_variants, n, V, D], `resident`. A tensor is
+    taken as already stacked: an ensemble stacks once for all its fold models (stacking a
+    full cache's variants copies gigabytes)."""
+    if isinstance(variants, torch.Tensor):
+        return variants
+    return resident(torch.from_numpy(np.stack(variants)), device)
+
+
 def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine decay to 0."""
 
@@ -105,7 +116,8 @@ def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
 class Trainer:
     """Fits one head on in-memory cached features.
 
-    `variants` is a list of float16 arrays [n, V, D] (one per cached variant, same rows);
+    `variants` is a list of float16 arrays [n, V, D] (one per cached variant, same rows), or
+    them stacked already (`stacked_features`);
     every epoch each drawn row is read from one variant chosen at random, so augmentation
     costs an index, not a backbone pass. `masks` (one coverage array [n, V, G*G] or None per
     variant) and `mask_present` [n] feed the auxiliary mask losses: a row drawn in a
@@ -116,7 +128,7 @@ class Trainer:
         self,
         model: RoadworkHead,
         cfg: TrainConfig,
-        variants: Sequence[np.ndarray],
+        variants: Sequence[np.ndarray] | torch.Tensor,
         labels: np.ndarray,
         meta: MetadataBatch,
         device: torch.device,
@@ -131,13 +143,13 @@ class Trainer:
         # One stacked tensor [n_variants, n, V, D], on the device when it fits (a batch is
         # then a gather there), else on the host. Rows, labels and metadata live on
         # the device: a step reads nothing from the host but its row indices.
-        self.features = resident(torch.from_numpy(np.stack(variants)), device)
+        self.features = stacked_features(variants, device)
         self.host_labels = labels.astype(np.int64)  # for metrics, which run on the host
         self.labels = torch.from_numpy(self.host_labels).to(device)
         self.meta = meta.to(device)
         self.weather_mask = self.meta.weather.sum(dim=1) > 0
         # What validation rows are scored on: the deployment setting (training.selection).
-        self.selection = selection or SelectionData.single(variants[0])
+        self.selection = selection or SelectionData.single(self.features[0].cpu().numpy())
         # Distillation: a target probability per row replaces the focal / consistency /
         # weather objective with binary cross-entropy against it.
         self.soft = (

@@ -29,7 +29,7 @@ from roadwork_cache.heads.probe import ProbeConfig
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.training.baselines import ALL_VIEWS, fit_probe
 from roadwork_cache.training.dataset import CacheData, metadata_batch
-from roadwork_cache.training.loop import TrainConfig, Trainer
+from roadwork_cache.training.loop import TrainConfig, Trainer, stacked_features
 from roadwork_cache.training.losses import LossWeights
 from roadwork_cache.training.selection import Selection, SelectionData
 
@@ -182,6 +182,15 @@ class Context:
     data: CacheData
     target: CacheData | None
     device: torch.device
+    _stacked: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def train_features(self, variants: list[str]) -> torch.Tensor:
+        """The variants' features stacked for a trainer, once per process for every fold
+        model that trains on them (`stacked_features`)."""
+        key = tuple(variants)
+        if key not in self._stacked:
+            self._stacked[key] = stacked_features([self.data.features[v] for v in key], self.device)
+        return self._stacked[key]
 
 
 @dataclass
@@ -247,7 +256,7 @@ def run_fold(ctx: Context, job: FoldJob, on_epoch=None) -> FoldOutput:
     trainer = Trainer(
         model,
         cfg,
-        [data.features[v] for v in job.variants],
+        ctx.train_features(job.variants),
         data.labels,
         metadata_batch(config, data),
         ctx.device,
