@@ -83,7 +83,7 @@ def merge(adapted: PeftModel) -> RoadworkHead:
 def adapt(
     base: RoadworkHead,
     settings: DoraSettings,
-    variants: Sequence[np.ndarray],
+    variants: Sequence[np.ndarray] | torch.Tensor,
     labels: np.ndarray,
     meta: MetadataBatch,
     device: torch.device,
@@ -109,7 +109,8 @@ def adapt(
     )
     result = trainer.fit(train_idx, stop_idx, None, on_epoch)
     # Check the merge on the stopping rows: the adapter and the merged head must agree.
-    check = (selection.features[0] if selection else variants[0])[stop_idx[:128]]
+    check = selection.features[0] if selection else trainer.features[0].cpu().numpy()
+    check = check[stop_idx[:128]]
     before = head_logits(adapted, check, None, device)
     merged = merge(adapted).eval()
     after = head_logits(merged, check, None, device)

@@ -16,6 +16,7 @@ from roadwork_cache.heads.combine import LogitNorm, sigmoid
 from roadwork_cache.heads.forward import head_logits
 from roadwork_cache.training.dataset import metadata_batch
 from roadwork_cache.training.dora import adapt
+from roadwork_cache.training.loop import stacked_features
 from roadwork_cache.training.members import MemberResult, eval_keys, logits_by_key
 from roadwork_cache.training.metrics import best_threshold
 from roadwork_cache.training.plan import EnsembleOptions, Prepared
@@ -57,7 +58,8 @@ def run_dora(
     target, data = p.target, p.data
     t, config, y_t = target.data, member.config, target.labels
     meta = metadata_batch(config, t)
-    variants = [t.features[v] for v in target.train_variants]
+    # stacked once for every DoRA fold (a trainer would otherwise stack its own copy)
+    variants = stacked_features([t.features[v] for v in target.train_variants], device)
     oof = {k: np.zeros(len(target.rows)) for k in eval_keys(target.eval_variants)}
     full, test_bag, folds_info, folders = [], [], [], []
     start = time.perf_counter()
