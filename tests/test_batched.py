@@ -25,6 +25,8 @@ from roadwork_cache.training.losses import LossWeights
 from roadwork_cache.training.plan import EnsembleOptions, context, plan_ensemble, plan_members
 from roadwork_cache.training.selection import Selection, SelectionData
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small heads (conftest)
+
 CPU = torch.device("cpu")
 SMALL = dict(
     in_dim=16, dim=32, layers=1, heads=4, pyramid_dims=(32, 16), fusion_dim=32,
@@ -32,15 +34,6 @@ SMALL = dict(
 )  # fmt: skip
 NO_DROPOUT = dict(dropout=0.0, attn_dropout=0.0, field_dropout=0.0, record_dropout=0.0)
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small heads on a shared 2-core machine: two threads only add cross-thread waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def planted(n: int, dim: int, seed: int = 0, signal: float = 3.0):

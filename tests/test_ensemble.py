@@ -38,6 +38,8 @@ from roadwork_cache.training.plan import EnsembleOptions
 from roadwork_cache.training.selection import Selection
 from roadwork_cache.training.stacking import calibrate
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small heads (conftest)
+
 DIM = 16
 SMALL_HEAD = {
     "dim": 32,
@@ -146,15 +148,6 @@ def options(cache, out, members_file, **over) -> EnsembleOptions:
     )
     values.update(over)
     return EnsembleOptions(**values)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny heads on a shared 2-core machine: one thread avoids cross-thread sync on every op.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -346,16 +346,6 @@ def planted(n: int, signal: float, direction: torch.Tensor) -> tuple[torch.Tenso
     return x, y
 
 
-@pytest.fixture
-def one_thread():
-    # Small matmuls gain nothing from a second thread, and on a busy 2-core machine the
-    # threads' spin-waiting makes this test ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_head_learns_a_planted_signal(one_thread):
     torch.manual_seed(0)
     direction = F.normalize(torch.randn(D), dim=0)

@@ -4,7 +4,6 @@ cache's masks, and on planted features what they buy."""
 import json
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -159,16 +158,6 @@ def test_compare_mask_loss_needs_masks(monkeypatch, capsys, tmp_path):
     code = run_cli(monkeypatch, "train-head", "--cache", cache, "--out", tmp_path / "run",
                    "--epochs", "1", "--no-progress", "--compare-mask-loss")  # fmt: skip
     assert code == 2 and "needs masks of the training variants" in capsys.readouterr().err
-
-
-@pytest.fixture
-def one_thread():
-    # Small matmuls gain nothing from a second thread, and on a busy 2-core machine the
-    # threads' spin-waiting makes training ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fit_planted(seed: int, with_masks: bool) -> tuple[float, float]:
