@@ -188,3 +188,17 @@ def read_config_file(path: Path) -> dict:
     if not isinstance(data, dict) or set(data) - {"head", "train"}:
         raise UserError(f"config file {path} must hold only 'head' and 'train' sections")
     return data
+
+
+def gps_and_leakage(
+    gps_brackets: str, gps_beyond: float, leak_bound: float, allow_leaky: bool
+) -> dict[str, Any]:
+    """The GPS-weighting and leakage flags train-head and ensemble share, checked, as the
+    options' fields."""
+    check_flags(between("--leak-bound", leak_bound, 0, 1), at_least("--gps-beyond", gps_beyond, 0))
+    return {
+        "gps_brackets": parse_brackets(gps_brackets),
+        "gps_beyond": gps_beyond,
+        "leak_bound": leak_bound,
+        "allow_leaky": allow_leaky,
+    }

@@ -23,9 +23,8 @@ from roadwork_cache.cli.app import (
     TrainVariants,
     above,
     at_least,
-    between,
     check_flags,
-    parse_brackets,
+    gps_and_leakage,
     read_config_file,
 )
 
@@ -133,9 +132,8 @@ def ensemble(
         at_least("--batch-size", batch_size, 1),
         above("--lr", lr, 0),
         at_least("--patience", patience, 0),
-        between("--leak-bound", leak_bound, 0, 1),
-        at_least("--gps-beyond", gps_beyond, 0),
     )
+    sampling = gps_and_leakage(gps_brackets, gps_beyond, leak_bound, allow_leaky_metadata)
     file_cfg = read_config_file(config) if config else {}
     train_values = dict(file_cfg.get("train") or {})
     train_values.update(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
@@ -156,10 +154,7 @@ def ensemble(
         distill=distill,
         jobs=jobs,
         batch_folds=batch_folds,
-        gps_brackets=parse_brackets(gps_brackets),
-        gps_beyond=gps_beyond,
-        leak_bound=leak_bound,
-        allow_leaky=allow_leaky_metadata,
+        **sampling,
         device=device,
         progress=progress,
         overwrite=overwrite,

@@ -24,7 +24,7 @@ from roadwork_cache.cli.app import (
     at_least,
     between,
     check_flags,
-    parse_brackets,
+    gps_and_leakage,
     read_config_file,
 )
 
@@ -127,9 +127,8 @@ def train_head(
         between("--field-dropout", field_dropout, 0, 1),
         at_least("--w-consistency", w_consistency, 0),
         at_least("--w-weather", w_weather, 0),
-        between("--leak-bound", leak_bound, 0, 1),
-        at_least("--gps-beyond", gps_beyond, 0),
     )
+    sampling = gps_and_leakage(gps_brackets, gps_beyond, leak_bound, allow_leaky_metadata)
     file_cfg = read_config_file(config) if config else {}
     head: dict = dict(file_cfg.get("head") or {})
     for key, value in {
@@ -167,10 +166,7 @@ def train_head(
         train=train_cfg,
         variants=[v.strip() for v in variants.split(",")] if variants else None,
         target=target,
-        gps_brackets=parse_brackets(gps_brackets),
-        gps_beyond=gps_beyond,
-        leak_bound=leak_bound,
-        allow_leaky=allow_leaky_metadata,
+        **sampling,
         device=device,
         progress=progress,
         overwrite=overwrite,
