@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from roadwork_cache.readers.schema import NATIX_COLUMNS
+from roadwork_cache.stages.demo import DEMO_HEAD
 
 
 def jpeg(colour=(90, 90, 90), size=(32, 24)) -> bytes:
@@ -174,6 +175,18 @@ SMALL_HEAD = {
     "classifier_dim": 16,
     "gate_dim": 16,
 }
+# Heads the stage tests train in seconds: 32 wide with 2 heads, and the demo's (64 wide),
+# dropout off where a test compares two paths of one model.
+HEAD_32 = {
+    "dim": 32,
+    "layers": 1,
+    "heads": 2,
+    "pyramid_dims": [32, 16],
+    "fusion_dim": 32,
+    "classifier_dim": 16,
+    "gate_dim": 16,
+}
+HEAD_64 = {**DEMO_HEAD, "dropout": 0.0}
 
 
 def tiny_models(

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from helpers import planted_cache
+from helpers import HEAD_64, planted_cache
 from roadwork_cache.heads.combine import fold_threshold
 from roadwork_cache.inference.run_folder import prob_column, read_run
 from roadwork_cache.stages.train_head import run_train_head
@@ -17,16 +17,7 @@ from roadwork_cache.training.prepare import TrainHeadOptions
 from roadwork_cache.training.reward import ACC_WINDOW, expected_reward, simulate_rewards
 from roadwork_cache.training.selection import Selection
 
-HEAD = {
-    "dim": 64,
-    "layers": 1,
-    "heads": 4,
-    "pyramid_dims": [64, 32],
-    "fusion_dim": 64,
-    "classifier_dim": 32,
-    "gate_dim": 32,
-    "dropout": 0.0,
-}
+HEAD = HEAD_64
 
 # ---- cuts and weights --------------------------------------------------------------------------
 

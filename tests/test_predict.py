@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import run_cli, shared_real
+from helpers import HEAD_32, run_cli, shared_real
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.inference.bundles import load_bundle
 from roadwork_cache.inference.head_folder import HeadRecord, write_head
@@ -28,16 +28,7 @@ from roadwork_cache.views.batching import image_views
 
 REAL = shared_real()
 VIEW_SIZE = 64  # JPEG draft decoding stays off for the 256 px photo: file and PIL paths agree
-HEAD = {
-    "dim": 32,
-    "layers": 1,
-    "heads": 2,
-    "pyramid_dims": [32, 16],
-    "fusion_dim": 32,
-    "classifier_dim": 16,
-    "gate_dim": 16,
-    "dropout": 0.0,
-}
+HEAD = {**HEAD_32, "dropout": 0.0}
 
 
 def real_photos() -> list[Path]:

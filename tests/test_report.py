@@ -16,6 +16,7 @@ from helpers import planted_cache, run_cli
 from roadwork_cache.reports.analysis import GroupScore, choose_set, score_groups
 from roadwork_cache.reports.html import table_html
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.stages.demo import DEMO_HEAD
 from roadwork_cache.stages.report import load_run, write_report
 from roadwork_cache.stages.train_head import run_train_head
 from roadwork_cache.store.cache import Cache
@@ -23,15 +24,7 @@ from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.metrics import binary_metrics
 from roadwork_cache.training.prepare import TrainHeadOptions
 
-SMALL_HEAD = {
-    "dim": 64,
-    "layers": 1,
-    "heads": 4,
-    "pyramid_dims": [64, 32],
-    "fusion_dim": 64,
-    "classifier_dim": 32,
-    "gate_dim": 32,
-}
+SMALL_HEAD = DEMO_HEAD
 BANNER = "scores demonstrate the machinery, not quality"
 
 

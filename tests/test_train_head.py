@@ -8,23 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import planted_cache, run_cli
+from helpers import HEAD_64, planted_cache, run_cli
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.stages.train_head import run_train_head
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.metrics import balanced_weights, best_threshold
 from roadwork_cache.training.prepare import TrainHeadOptions
 
-SMALL_HEAD = {
-    "dim": 64,
-    "layers": 1,
-    "heads": 4,
-    "pyramid_dims": [64, 32],
-    "fusion_dim": 64,
-    "classifier_dim": 32,
-    "gate_dim": 32,
-    "dropout": 0.0,
-}
+SMALL_HEAD = HEAD_64
 
 
 @pytest.fixture(scope="module")

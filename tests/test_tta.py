@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import run_cli
+from helpers import HEAD_32, run_cli
 from roadwork_cache.inference.foods import (
     STATS_FILE,
     FoodsSettings,
@@ -26,17 +26,7 @@ from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.metrics import binary_metrics
 from roadwork_cache.training.prepare import TrainHeadOptions
 
-SMALL_HEAD = {
-    "dim": 32,
-    "layers": 1,
-    "heads": 2,
-    "pyramid_dims": [32, 16],
-    "fusion_dim": 32,
-    "classifier_dim": 16,
-    "gate_dim": 16,
-    "dropout": 0.0,
-    "meta_fields": [],
-}
+SMALL_HEAD = {**HEAD_32, "dropout": 0.0, "meta_fields": []}
 IN_DIST = ("tta-0",)  # + clean: variants that look like training images
 OOD = ("tta-1", "tta-2", "tta-3", "tta-4")  # far from the training features, label inverted
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import DINOv3ViTModel
 
-from helpers import natix_row, run_cli, write_shard
+from helpers import HEAD_32, natix_row, run_cli, write_shard
 from roadwork_cache.backbone.loading import load_backbone
 from roadwork_cache.backbone.presets import PRESETS
 from roadwork_cache.heads import HeadConfig, RoadworkHead
@@ -24,15 +24,7 @@ from roadwork_cache.store.cache import Cache
 
 TINY = PRESETS["tiny"]
 VIEW = 32
-SMALL_HEAD = {
-    "dim": 32,
-    "layers": 1,
-    "heads": 2,
-    "pyramid_dims": [32, 16],
-    "fusion_dim": 32,
-    "classifier_dim": 16,
-    "gate_dim": 16,
-}
+SMALL_HEAD = HEAD_32
 
 
 @pytest.fixture(scope="module")
