@@ -77,7 +77,7 @@ class RoadworkHead(nn.Module):
         B = views.shape[0]
         x = views.to(self.input.proj.weight.dtype)  # the cache stores float16
         coverage = None
-        if self.coverage is not None:
+        if self.coverage is not None and self.training:  # a training target only
             every = torch.arange(c.n_views, device=x.device).expand(B, -1)
             coverage = self.coverage(self.pyramid(self.input(x, every)))  # [B, V, G*G]
         if self.pruning is not None:
