@@ -490,3 +490,18 @@ def test_tta_on_rows_the_model_saw_is_titled_in_sample(tmp_path):
     assert in_sample and "in-sample" in text
     in_sample, text = title("test")
     assert not in_sample and "in-sample" not in text
+
+
+def test_seen_splits_counts_the_target_a_model_was_adapted_to(tmp_path):
+    """A bag adapted on a separate target cache saw that cache's labelled rows: scoring
+    it there is in-sample, as scoring the members on their own pool is."""
+    from roadwork_cache.inference.head_folder import seen_record, seen_splits
+
+    own, target = tmp_path / "own", tmp_path / "target"
+    seen = seen_record(
+        str(own), ["train", "val"], {"cache": str(target), "rows": 5, "splits": ["test"]}
+    )
+    assert seen_splits(seen, own) == {"train", "val"}
+    assert seen_splits(seen, target) == {"test"}
+    assert seen_splits(seen, tmp_path / "other") == set()
+    assert seen_splits(seen_record(str(own), ["train"]), target) == set()

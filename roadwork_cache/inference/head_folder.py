@@ -160,8 +160,16 @@ def seen_record(
 
 
 def seen_splits(seen: dict[str, Any] | None, cache: str | Path) -> set[str]:
-    """The splits of `cache` whose rows a model saw (empty for another cache)."""
+    """The splits of `cache` whose rows a model saw: as its own cache, or as the separate
+    target it was adapted to (empty for any other cache)."""
     if not seen:
         return set()
-    same = Path(seen.get("cache", "")).resolve() == Path(cache).resolve()
-    return set(seen.get("splits", [])) if same else set()
+
+    def same(path: str) -> bool:
+        return Path(path).resolve() == Path(cache).resolve()
+
+    out = set(seen.get("splits", [])) if same(seen.get("cache", "")) else set()
+    target = seen.get("target") or {}
+    if target and same(target.get("cache", "")):
+        out |= set(target.get("splits", []))
+    return out

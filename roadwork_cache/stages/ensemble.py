@@ -417,7 +417,9 @@ def deployed_seen(p: Prepared, deploy: Deployment) -> dict[str, Any]:
     target = None
     if deploy.kind == "ensemble+dora":
         if p.target.separate:
-            target = {"cache": str(p.target.data.root.resolve()), "rows": len(p.target.rows)}
+            t = p.target
+            splits_t = sorted({str(n) for n in t.data.split_names()[t.rows]})
+            target = {"cache": str(t.data.root.resolve()), "rows": len(t.rows), "splits": splits_t}
         else:
             splits.append("test")
     return seen_record(p.fingerprint["path"], splits, target)
