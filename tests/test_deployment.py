@@ -408,6 +408,11 @@ def test_the_deployed_rows_are_the_saved_bundles_own_predictions(
     samples = store.samples().to_pydict()
     test = np.array([s == "test" for s in samples["split"]])
     y = np.array(samples["label"])[test]
+    # a bag adapted on the test rows saw their labels: its rows say so
+    adapted = metrics["deployed"] == "ensemble+dora"
+    test_set = "test (in-sample)" if adapted else "test"
+    assert metrics["headline_in_sample"] is adapted
+    assert metrics["headline"] is None or metrics["headline"]["set"] == test_set
     for variant in ("clean", "natix"):
         names = ["clean"] if variant == "clean" else ["natix-0"]
         probs = [bundle.predict(store.features(v).astype(np.float32)[test]) for v in names]
@@ -421,7 +426,7 @@ def test_the_deployed_rows_are_the_saved_bundles_own_predictions(
             r
             for r in metrics["rows"]
             if (r["model"], r["set"], r["variant"], r["metadata"])
-            == ("deployed", "test", variant, "none")
+            == ("deployed", test_set, variant, "none")
         )
         assert row["mcc"] == pytest.approx(expected["mcc"], abs=1e-9)
         assert row["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)

@@ -275,7 +275,11 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
     manifest = write_outputs_manifest(opts, p, results, c, deploy, dora, student)
     bundle = load_ensemble(opts.out, device)
     rows, rewards = metric_rows(p, entries)
-    deployed_rows, deployed_rewards = bundle_rows(bundle.predict, p)
+    # A bag adapted with DoRA on this cache's test rows saw their labels: its test score is
+    # in-sample, and is titled so in the table and metrics.json.
+    in_sample = "test" in deployed_seen(p, deploy)["splits"]
+    test_set = "test (in-sample)" if in_sample else "test"
+    deployed_rows, deployed_rewards = bundle_rows(bundle.predict, p, test_set)
     rows += deployed_rows
     rewards["deployed"] = deployed_rewards
     # The stage's own arithmetic and the bundle's must agree; if not, the bundle's numbers
@@ -313,7 +317,8 @@ def run_ensemble(opts: EnsembleOptions) -> dict[str, Any]:
         "calibration_rows": deploy.calibration_set,
         "oof_mcc": {**c.member_mcc, **c.oof_mcc},
         "headline": headline,
-        "expected_reward": deployed_rewards.get("test"),
+        "headline_in_sample": in_sample,
+        "expected_reward": deployed_rewards.get(test_set),
         "expected_rewards": rewards,
         "members": {n: results[n].info for n in names},
         "dora": dora.info if dora else None,

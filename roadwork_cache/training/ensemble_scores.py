@@ -212,10 +212,13 @@ def metric_rows(
 
 
 def bundle_rows(
-    predict: Callable[[np.ndarray, MetadataBatch | None], np.ndarray], p: Prepared
+    predict: Callable[[np.ndarray, MetadataBatch | None], np.ndarray],
+    p: Prepared,
+    set_name: str = "test",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The deployed model's rows on the test split, computed by the saved bundle's own
-    `predict` (the probability it returns, cut at 0.5), and its expected reward."""
+    `predict` (the probability it returns, cut at 0.5), and its expected reward, under
+    `set_name` (the caller titles them in-sample when the model saw the test labels)."""
     idx = p.test_idx
     if len(idx) == 0:
         return [], {}
@@ -236,8 +239,8 @@ def bundle_rows(
         0.0,
     )
     y = p.data.labels[idx]
-    rows = score_rows("deployed", "test", scored, y, p.eval_variants)
-    return rows, {"test": entry_reward(scored, y, p.eval_variants)}
+    rows = score_rows("deployed", set_name, scored, y, p.eval_variants)
+    return rows, {set_name: entry_reward(scored, y, p.eval_variants)}
 
 
 def prediction_columns(
