@@ -245,3 +245,17 @@ def test_gps_target_csv_moves_the_sampled_distribution(tmp_path):
     assert gps["share_within_100km_before"] == pytest.approx(1 / 3, abs=0.1)
     assert gps["share_within_100km_after"] > 0.8
     assert gps["share_within_100km_drawn"] > 0.8
+
+
+def test_a_config_file_sets_what_no_flag_gives(monkeypatch, tmp_path):
+    """--config's train section wins over the flags' defaults; a flag given wins over it."""
+    cache, _, _ = planted_cache(tmp_path / "cache", n=60)
+    config = tmp_path / "cfg.json"
+    train = {"epochs": 1, "lr": 2e-3, "loss": {"consistency": 0.0}}
+    config.write_text(json.dumps({"head": SMALL_HEAD, "train": train}))
+    args = ["--cache", cache, "--out", tmp_path / "run", "--config", config, "--lr", "3e-3"]
+    assert run_cli(monkeypatch, "train-head", *args, "--no-progress", "--device", "cpu") == 0
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"]["epochs"] == 1 and record["train"]["lr"] == 3e-3
+    assert record["train"]["loss"]["consistency"] == 0.0
+    assert record["train"]["patience"] == 8 and record["train"]["loss"]["weather"] == 0.1

@@ -202,3 +202,18 @@ def gps_and_leakage(
         "leak_bound": leak_bound,
         "allow_leaky": allow_leaky,
     }
+
+
+def layered(
+    ctx: typer.Context, file_values: dict[str, Any], flags: dict[str, tuple[str, Any]]
+) -> dict[str, Any]:
+    """One config section: the flags' defaults, then what the --config file sets, then the
+    flags given on the command line. `flags`: field -> (parameter name, value)."""
+    out = {field: value for field, (_, value) in flags.items()}
+    out.update(file_values)
+    for field, (param, value) in flags.items():
+        source = ctx.get_parameter_source(param)
+        # by name: typer may carry its own click, whose enum is another class
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            out[field] = value
+    return out

@@ -25,11 +25,13 @@ from roadwork_cache.cli.app import (
     at_least,
     check_flags,
     gps_and_leakage,
+    layered,
     read_config_file,
 )
 
 
 def ensemble(
+    ctx: typer.Context,
     cache: CacheFolder,
     out: Annotated[
         Path,
@@ -135,8 +137,16 @@ def ensemble(
     )
     sampling = gps_and_leakage(gps_brackets, gps_beyond, leak_bound, allow_leaky_metadata)
     file_cfg = read_config_file(config) if config else {}
-    train_values = dict(file_cfg.get("train") or {})
-    train_values.update(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
+    train_values = layered(
+        ctx,
+        dict(file_cfg.get("train") or {}),
+        {
+            "epochs": ("epochs", epochs),
+            "batch_size": ("batch_size", batch_size),
+            "lr": ("lr", lr),
+            "patience": ("patience", patience),
+        },
+    )
     opts = EnsembleOptions(
         cache=cache,
         out=out,

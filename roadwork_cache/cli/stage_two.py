@@ -25,11 +25,13 @@ from roadwork_cache.cli.app import (
     between,
     check_flags,
     gps_and_leakage,
+    layered,
     read_config_file,
 )
 
 
 def train_head(
+    ctx: typer.Context,
     cache: CacheFolder,
     out: Annotated[Path, typer.Option(help="Run folder for config, weights, metrics.")],
     epochs: Annotated[
@@ -145,18 +147,28 @@ def train_head(
         head["keep"] = None
     if meta_fields is not None:
         head["meta_fields"] = [f.strip() for f in meta_fields.split(",") if f.strip()]
-    train_values = dict(file_cfg.get("train") or {})
-    train_values.update(
-        epochs=epochs,
-        seed=seed,
-        batch_size=batch_size,
-        lr=lr,
-        accum_steps=accum_steps,
-        patience=patience,
+    file_train = dict(file_cfg.get("train") or {})
+    train_values = layered(
+        ctx,
+        file_train,
+        {
+            "epochs": ("epochs", epochs),
+            "seed": ("seed", seed),
+            "batch_size": ("batch_size", batch_size),
+            "lr": ("lr", lr),
+            "accum_steps": ("accum_steps", accum_steps),
+            "patience": ("patience", patience),
+        },
     )
-    loss_values = dict(train_values.get("loss") or {})
-    loss_values.update(
-        consistency=w_consistency, weather=w_weather, mask=w_mask, mask_pruning=mask_pruning
+    loss_values = layered(
+        ctx,
+        dict(file_train.get("loss") or {}),
+        {
+            "consistency": ("w_consistency", w_consistency),
+            "weather": ("w_weather", w_weather),
+            "mask": ("w_mask", w_mask),
+            "mask_pruning": ("mask_pruning", mask_pruning),
+        },
     )
     train_cfg = TrainConfig.from_dict({**train_values, "loss": loss_values})
     opts = TrainHeadOptions(
