@@ -18,9 +18,8 @@ from roadwork_cache.training.dataset import metadata_batch
 from roadwork_cache.training.dora import adapt
 from roadwork_cache.training.loop import stacked_features
 from roadwork_cache.training.members import MemberResult, eval_keys, logits_by_key
-from roadwork_cache.training.metrics import best_threshold
 from roadwork_cache.training.plan import EnsembleOptions, Prepared
-from roadwork_cache.training.selection import Selection, SelectionData
+from roadwork_cache.training.selection import SelectionData
 from roadwork_cache.training.splits import grouped_split
 
 
@@ -83,10 +82,14 @@ def run_dora(
             target.rows[rest[tr]],
             target.rows[rest[stop]],
             opts.seed * 1000 + j,
-            selection=SelectionData.of(Selection.for_variants(list(t.features)), t.features),
+            selection=SelectionData.of(target.selection, t.features),
             on_epoch=on_epoch,
         )
-        stop_z = head_logits(res.model, t.features["clean"][target.rows[rest[stop]]], None, device)
+        stop_rows = target.rows[rest[stop]]
+        stop_probs = [
+            sigmoid(head_logits(res.model, t.features[v][stop_rows], None, device))
+            for v in target.selection.variants
+        ]
         norm = LogitNorm.fit(
             head_logits(res.model, t.features["clean"][target.rows[rest]], None, device)
         )
@@ -97,8 +100,9 @@ def run_dora(
             "adapted_on": target.name,
             "dora": opts.dora.to_dict(),
             "logit_norm": norm.to_dict(),
-            # on its own (as a train-head bundle): the cut tuned on its stopping rows
-            "threshold": best_threshold(y_t[rest[stop]], sigmoid(stop_z)),
+            # on its own (as a train-head bundle): the cut tuned on its stopping rows, in
+            # the target's selection setting
+            "threshold": target.selection.threshold(y_t[rest[stop]], stop_probs),
         }
         folders.append(save_fold(j + 1, res.model, fields))
         for k, v in logits_by_key(

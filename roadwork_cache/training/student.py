@@ -17,7 +17,6 @@ from roadwork_cache.training.dataset import metadata_batch
 from roadwork_cache.training.distill import distill
 from roadwork_cache.training.ensemble_scores import Scored, target_scored
 from roadwork_cache.training.members import logits_by_key
-from roadwork_cache.training.metrics import best_threshold
 from roadwork_cache.training.plan import EnsembleOptions, Prepared
 from roadwork_cache.training.selection import SelectionData
 
@@ -56,8 +55,14 @@ def run_student(
         on_epoch=lambda log: bar.update(task, rate=f"student epoch {log.epoch}"),
     )
     seconds = time.perf_counter() - start
-    stop_z = head_logits(student, data.features["clean"][stop_rows], None, device)
-    threshold = best_threshold(data.labels[stop_rows], sigmoid(stop_z))
+    # its folded cut, tuned on its stopping rows in the selection setting, as every head's
+    threshold = p.selection.threshold(
+        data.labels[stop_rows],
+        [
+            sigmoid(head_logits(student, data.features[v][stop_rows], None, device))
+            for v in p.selection.variants
+        ],
+    )
     folder = save(
         student,
         {
