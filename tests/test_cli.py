@@ -71,6 +71,8 @@ def test_train_head_out_is_a_file_refused_before_the_audit(monkeypatch, capsys, 
         ("--dropout", "1.5"),
         ("--keep", "13"),
         ("--w-weather", "-0.1"),
+        ("--w-mask", "-1"),
+        ("--mask-pruning", "-1"),
     ],
 )
 def test_a_bad_train_head_flag_is_named_alone_and_leaves_nothing(
@@ -256,3 +258,23 @@ def test_ctrl_c_in_extract_says_a_rerun_resumes(monkeypatch, capsys, source, tmp
     assert run_cli(monkeypatch, "cache", "verify", cache) == 1
     out = capsys.readouterr()
     assert "checksum" in out.out + out.err and "--repair" in out.out + out.err
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["extract", "src/*.parquet", "--cache", "c", "--view-size", "-16"], "--view-size"),
+        (["extract", "src/*.parquet", "--cache", "c", "--view-size", "0"], "--view-size"),
+        (["predict", "x.jpg", "--model", "m", "--workers", "-1"], "--workers"),
+        (["demo", "d", "--epochs", "0"], "--epochs"),
+        (["demo", "d", "--rows", "5"], "--rows"),
+    ],
+)
+def test_bad_stage_flags_are_one_sentence_before_any_work(
+    monkeypatch, capsys, tmp_path, args, flag
+):
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_cli(monkeypatch, *args) == 2
+    assert flag in one_error(capsys)
+    assert not any(tmp_path.iterdir())  # nothing written

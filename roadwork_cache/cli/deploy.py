@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from roadwork_cache.cli.app import Device, Progress
+from roadwork_cache.cli.app import Device, Progress, at_least, check_flags
 
 # Options predict and export share: the model's backbone and its TTA.
 ModelWeights = Annotated[
@@ -236,6 +236,11 @@ def demo(
     """
     from roadwork_cache.stages.demo import DemoOptions, run_demo
 
+    check_flags(
+        at_least("--rows", rows, 40),
+        at_least("--view-size", view_size, 16),
+        at_least("--epochs", epochs, 1),
+    )
     run_demo(
         DemoOptions(
             out=out,

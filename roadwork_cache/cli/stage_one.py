@@ -183,6 +183,7 @@ def extract(
         at_least("--shard-rows", shard_rows, 1),
         at_least("--workers", workers, 0),
         at_least("--limit", limit, 1),
+        at_least("--view-size", view_size, 16),
     )
     cfg = ExtractConfig(
         source=source,

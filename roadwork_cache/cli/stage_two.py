@@ -129,6 +129,8 @@ def train_head(
         between("--field-dropout", field_dropout, 0, 1),
         at_least("--w-consistency", w_consistency, 0),
         at_least("--w-weather", w_weather, 0),
+        at_least("--w-mask", w_mask, 0),
+        at_least("--mask-pruning", mask_pruning, 0),
     )
     sampling = gps_and_leakage(gps_brackets, gps_beyond, leak_bound, allow_leaky_metadata)
     file_cfg = read_config_file(config) if config else {}

@@ -121,6 +121,8 @@ def run_predict(
     """Answers in input order; `predictor` reuses a loaded model (benchmarks, tests)."""
     if opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if opts.workers is not None and opts.workers < 0:
+        raise UserError("--workers must be at least 0")
     answers = collect_inputs(opts.inputs)
     if predictor is None:
         # stdout carries the answers alone (`--json`): whatever a library prints while the
