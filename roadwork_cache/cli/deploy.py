@@ -237,7 +237,7 @@ def demo(
     from roadwork_cache.stages.demo import DemoOptions, run_demo
 
     check_flags(
-        at_least("--rows", rows, 40),
+        at_least("--rows", rows, 80),  # fewer leaves a label in one video (checked)
         at_least("--view-size", view_size, 16),
         at_least("--epochs", epochs, 1),
     )
