@@ -229,7 +229,11 @@ def test_only_the_geometry_stage_of_aug_can_move_pixels():
             assert all(isinstance(t, A.ImageOnlyTransform) for t in aug_transforms(stage)), name
 
 
-@pytest.mark.parametrize("variant", [f"aug-{k}" for k in range(6)] + ["natix-1", "natix-3"])
+@pytest.mark.parametrize(
+    "variant",
+    [f"aug-{k}" for k in range(6)]
+    + ["natix-1", "natix-3", "natix-1+tta-0", "natix-3+tta-2", "natix-2+tta-7"],
+)
 def test_the_mask_follows_the_image_through_random_geometry(variant):
     """A picture that is its own mask (white rectangle on black): after the variant, the
     bright pixels are where the mask went."""
@@ -245,6 +249,32 @@ def test_the_mask_follows_the_image_through_random_geometry(variant):
     agree = (bright == moved).mean()
     assert agree > 0.97, (variant, agree)
     assert cover == pytest.approx(moved.mean(), abs=0.02)
+
+
+@pytest.mark.parametrize("level", [0, 1, 3])
+def test_a_composed_variant_is_the_natix_mask_then_the_tta_transform(level):
+    """natix-L+tta-K: the mask of natix-L alone (its seed, not the composed name's), at the
+    challenge's 224 px, then tta-K; a left-half mask mirrored by tta-0 ends on the right."""
+    from roadwork_cache.views.masks import fit_mask, tta_mask, variant_mask
+
+    img = Image.fromarray(np.zeros((H, W, 3), np.uint8))
+    left = np.zeros((H, W), np.float32)
+    left[:, : W // 2] = 1.0
+    natix, natix_size = variant_mask(img, left, f"natix-{level}", "row-4")
+    assert natix_size == (224, 224)
+    for k in (0, 2, 7):
+        frame, size = variant_mask(img, left, f"natix-{level}+tta-{k}", "row-4")
+        expected = tta_mask(fit_mask(natix, natix_size), k)
+        np.testing.assert_array_equal(frame, expected)
+        image = apply_variant(img, f"natix-{level}+tta-{k}", "row-4")
+        assert size == image.size == (expected.shape[1], expected.shape[0])
+    mirrored, _ = variant_mask(img, left, f"natix-{level}+tta-0", "row-4")
+    np.testing.assert_array_equal(mirrored, fit_mask(natix, natix_size)[:, ::-1])
+    if level < 3:  # row-4's crops at levels 0 and 1 keep the roadwork on the left...
+        before = fit_mask(natix, natix_size)
+        assert before[:, :112].mean() > 0.8 and before[:, 112:].mean() < 0.1
+        # ...so the mirror puts it on the right
+        assert mirrored[:, 112:].mean() > 0.8 and mirrored[:, :112].mean() < 0.1, level
 
 
 def test_the_image_is_unchanged_by_carrying_a_mask():

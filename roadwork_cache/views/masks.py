@@ -8,7 +8,9 @@ as to the image, from the same recipe and the same seeded parameters:
   neighbours (`augment.augment_mask`);
 - `natix-K`: torchvision's rotation (nearest, as the image) and the crop of
   `challenge.natix_params`; the final resize to 224 px is a pure scaling, so it is not done
-  to the mask at all: the views are mapped back into the mask's frame instead.
+  to the mask at all: the views are mapped back into the mask's frame instead;
+- `natix-L+tta-K`: the mask of natix-L (the same seed as natix-L alone), scaled to the
+  challenge's 224 px, then tta-K's operations.
 Then each of the 12 views is reduced to its share of roadwork pixels on a G x G grid of
 cells, row-major, computed exactly (pixel areas, fractional boxes included) from an integral
 image.
@@ -25,6 +27,7 @@ from roadwork_cache.views.augment import augment_mask
 from roadwork_cache.views.challenge import CHALLENGE_SIZE, centre_square_box, natix_params
 from roadwork_cache.views.geometry import N_VIEWS, view_boxes
 from roadwork_cache.views.variants import (
+    composed_parts,
     fraction_box,
     rng_for,
     split_name,
@@ -94,6 +97,13 @@ def variant_mask(
     kind, k = split_name(name)
     if kind == "clean":
         return mask, img.size
+    if kind == "natix+tta":  # as apply_variant: natix-L alone (its own seed), then tta-K
+        challenge, transform = composed_parts(name)
+        frame, size = variant_mask(img, mask, challenge, sample_id)
+        # tta-K crops and pads the 224 px challenge in whole pixels: brought to that size
+        # first, the mask takes exactly the image's boxes and borders.
+        out = tta_mask(fit_mask(frame, size), split_name(transform)[1])
+        return out, (out.shape[1], out.shape[0])
     if kind == "tta":
         out = tta_mask(mask, k)
         return out, (out.shape[1], out.shape[0])
