@@ -72,7 +72,6 @@ class FoldBatchTrainer:
         device: torch.device,
         selection: SelectionData | None = None,
         optimizer: str = "fused",
-        compile: bool = False,
         masks: Sequence[np.ndarray | None] | None = None,
     ):
         if masks is not None and any(m is not None for m in masks):
@@ -93,7 +92,7 @@ class FoldBatchTrainer:
         params, _ = stack_module_state(self.models)  # buffers (gps_freqs) are shared
         self.layout = FlatLayout.of(params, self._frozen(labels, meta))
         self.flat = self.layout.flatten(params)
-        self.optimizer, self.compile = optimizer, compile
+        self.optimizer = optimizer
         # CPU flash attention has no vmap batching rule (vmap would loop over the folds)
         self.sdpa = (
             contextlib.nullcontext
@@ -187,8 +186,6 @@ class FoldBatchTrainer:
         self.best_flat = [self.flat[k].clone() for k in range(K)]
         histories: list[list[EpochLog]] = [[] for _ in range(K)]
         loss_fn = vmap(self._fold_loss, randomness="different")
-        if self.compile:
-            loss_fn = torch.compile(loss_fn)
 
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()

@@ -34,22 +34,19 @@ from roadwork_cache.training.selection import SelectionData
 OnEpoch = Callable[[FoldJob, EpochLog], None]
 
 
-def batch_groups(jobs: list[FoldJob], max_group: int | None = None) -> list[list[FoldJob]]:
+def batch_groups(jobs: list[FoldJob]) -> list[list[FoldJob]]:
     """Jobs that can train as one batched computation: head members' folds with the same
     head config, training settings and variants (the folds of a member, and members that
-    differ only in seed or GPS weighting), at most `max_group` together. Probes stay alone."""
-    groups: dict[str, list[list[FoldJob]]] = {}
+    differ only in seed or GPS weighting). Probes stay alone."""
+    groups: dict[str, list[FoldJob]] = {}
     for i, job in enumerate(jobs):
         key = (
             json.dumps([job.head, job.train, job.variants], sort_keys=True)
             if job.kind == "head"
             else f"single {i}"
         )
-        bags = groups.setdefault(key, [[]])
-        if max_group and len(bags[-1]) >= max_group:
-            bags.append([])
-        bags[-1].append(job)
-    return [bag for bags in groups.values() for bag in bags]
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
 
 
 def run_fold_group(ctx: Context, jobs: list[FoldJob], on_epoch: OnEpoch | None = None):

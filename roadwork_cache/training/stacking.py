@@ -130,14 +130,3 @@ def cross_fitted_calibration(
     for train, val in folds:
         cuts[val] = calibrate(z[train], y[train], temperature, w[train]).cut()
     return cuts
-
-
-def cross_fitted_cuts(
-    z: np.ndarray,
-    y: np.ndarray,
-    folds: Sequence[tuple[np.ndarray, np.ndarray]],
-    weight: np.ndarray | None = None,
-) -> np.ndarray:
-    """Per-row logit cut where each fold's cut is the MCC-best one on the other folds: an
-    honest way to let every model re-tune its threshold to a new (target) distribution."""
-    return cross_fitted_calibration(z, y, folds, temperature=False, weight=weight)
