@@ -49,7 +49,6 @@ class DemoOptions:
     seed: int = 0
     text: bool = True
     head: dict[str, Any] = field(default_factory=lambda: dict(DEMO_HEAD))
-    ensemble: bool = True  # run the ensemble step when the stage exists
     device: str = "auto"
     progress: bool = True
 
@@ -83,10 +82,8 @@ DEMO_MEMBERS = [
 ]
 
 
-def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path | None:
-    """`roadwork ensemble` with small members; None when the demo is asked to skip it."""
-    if not opts.ensemble:
-        return None
+def run_ensemble_step(opts: DemoOptions, cache: Path, out: Path, train) -> Path:
+    """`roadwork ensemble` with small members."""
     from roadwork_cache.stages.ensemble import run_ensemble
     from roadwork_cache.training.plan import EnsembleOptions
 
@@ -175,10 +172,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Path]:
     where["train-head run"] = run
 
     step("4. ensemble: small members on grouped folds, combined and calibrated")
-    ensemble = run_ensemble_step(opts, cache, out / "ens", train)
-    model = ensemble or run
-    if ensemble is not None:
-        where["ensemble"] = ensemble
+    model = run_ensemble_step(opts, cache, out / "ens", train)
+    where["ensemble"] = model
     console.print(f"model used from here on: {model}")
 
     step("5. tta: FOODS beside mean-TTA and no TTA, on the test split")

@@ -13,10 +13,6 @@ from PIL import Image, ImageDraw
 from roadwork_cache.synth.layout import random_tags, sample_layout
 from roadwork_cache.synth.things import WHITE, Color, Layout, Thing, mix, uniform
 
-# ---------------------------------------------------------------------------------------------
-# Scene description (fixed for a video) and drawing (one frame)
-# ---------------------------------------------------------------------------------------------
-
 
 class _Cam:
     """Pinhole camera 1.5 m above the road, looking along it."""
@@ -378,8 +374,3 @@ def render_scene(rng: np.random.Generator, width: int, height: int, roadwork: bo
     daytime, env, weather = random_tags(rng)
     lay = sample_layout(rng, roadwork, daytime, env, weather, travel=0.0)
     return draw(lay, int(width), int(height), 0.0, rng)[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset plan and rows
-# ---------------------------------------------------------------------------------------------

@@ -111,7 +111,3 @@ BUILDING_COLORS: tuple[Color, ...] = (
     (110, 92, 75),
     (175, 160, 140),
 )
-
-
-def side_word(x: float) -> str:
-    return "right" if x > 0 else "left"
