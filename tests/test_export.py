@@ -203,6 +203,34 @@ def test_exported_detector_matches_predict_on_real_photos(tiny, tmp_path, which,
         assert max(abs(a - clean(Image.open(p))) for a, p in zip(got, paths, strict=True)) > 1e-5
 
 
+def test_exported_detector_follows_a_sat_backbones_normalisation(tiny, tmp_path):
+    """A model whose cache was made with the SAT-493M pixel statistics: the detector must
+    normalise as `roadwork predict` does, not with ImageNet's statistics."""
+    model = tmp_path / "sat-run"
+    shutil.copytree(tiny.run, model)
+    (model / "foods.safetensors").unlink()  # fitted for the lvd record's digest
+    config = json.loads((model / "config.json").read_text())
+    config["backbone"]["normalisation"] = "sat"
+    (model / "config.json").write_text(json.dumps(config))
+    out = export(model, tmp_path / "out", tta=False, verify=False, **tiny.opts())
+    assert json.loads((out / "config.json").read_text())["backbone"]["normalisation"] == "sat"
+    detector = import_detector(out).RoadworkDetector(out, device="cpu")
+    paths = photos()
+    want = predict_answers(model, paths, **tiny.opts())
+    got = [detector(Image.open(p)) for p in paths]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # The statistics matter here: the lvd model answers otherwise on the same photographs.
+    lvd = predict_answers(tiny.run, paths, **tiny.opts())
+    assert max(abs(a - b) for a, b in zip(got, lvd, strict=True)) > 1e-4
+    # An export written before the normalisation was recorded used ImageNet's statistics.
+    exported = json.loads((out / "config.json").read_text())
+    del exported["backbone"]["normalisation"]
+    (out / "config.json").write_text(json.dumps(exported))
+    older = import_detector(out).RoadworkDetector(out, device="cpu")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    torch.testing.assert_close(older.mean, mean)
+
+
 def test_fewer_variants_trade_accuracy_for_latency(tiny, tmp_path):
     out = export(tiny.run, tmp_path / "out", **tiny.opts())
     module = import_detector(out)
