@@ -39,7 +39,9 @@ from roadwork_cache.inference.amalgamate import (
     detector_source,
 )
 from roadwork_cache.inference.export import import_detector, predict_bytes
+from roadwork_cache.inference.export_format import ExportConfig
 from roadwork_cache.inference.predictor import DEFAULT_TTA, Predictor
+from roadwork_cache.reports.model_card import model_card
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.stages.export import CheckOptions, ExportOptions, run_check, run_export
 from roadwork_cache.stages.predict import PredictOptions, run_predict
@@ -403,6 +405,37 @@ def test_model_card_shows_the_runs_metrics_or_says_there_are_none(random_tiny, t
     assert "| test | natix | none | +0.456 |" in readme
     assert "+0.789" in readme and "+0.111" not in readme  # the deployed (tuned) cut only
     assert "mean 0.432, p5 0.211" in readme
+
+
+def card_config(kind: str = "train-head") -> ExportConfig:
+    """The smallest consistent export config a model card can be written from."""
+    backbone = {"timm": {"model_name": "vit_tiny"}, "pool": "cls", "view_size": 64}
+    backbone.update(feature_dim=32, preset="tiny", format="random", random_init=True)
+    return ExportConfig(
+        kind=kind,
+        backbone=backbone,
+        views={"view_size": 64},
+        heads=[{"config": {}}],
+        threshold=0.4,
+        tta={"enabled": False, "variants": ["clean"], "combine": "mean"},
+        source={"tool_version": "0.0.0"},
+    )
+
+
+CARD = {"model_name": "m", "description": "d", "version": "1.0.0"}
+
+
+def test_model_card_publishes_no_local_path_of_the_seen_record():
+    seen = {
+        "cache": "/home/u/caches/natix",
+        "splits": ["train", "val"],
+        "target": {"cache": "/home/u/caches/target", "rows": 500},
+    }
+    record = {"cache": "/home/u/caches/natix", "seen": seen}
+    readme = model_card(card_config(), CARD, record, None)
+    line = next(x for x in readme.splitlines() if x.startswith("- Labelled rows seen"))
+    assert "/home/u" not in readme and "/" not in line
+    assert "`natix`" in line and "train, val" in line and "`target`, 500 rows" in line
 
 
 def test_export_check_prints_latency_device_and_dtype(random_tiny, tmp_path, monkeypatch, capsys):

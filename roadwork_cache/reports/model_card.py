@@ -95,6 +95,28 @@ def _reward_text(value: Any) -> str:
     return _cell(value, "{:.3f}")
 
 
+def _basename(path: Any) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def seen_text(seen: Any) -> str:
+    """The `seen` record (head_folder.seen_record) without local paths, which are not
+    published: the cache folder's name, its split names, the target's name and rows."""
+    if not isinstance(seen, dict) or not seen:
+        return ""
+    parts = []
+    if seen.get("cache"):
+        parts.append(f"cache `{_basename(seen['cache'])}`")
+    splits = seen.get("splits") or []
+    if splits:
+        parts.append(f"splits {', '.join(map(str, splits))}")
+    target = seen.get("target")
+    if isinstance(target, dict):
+        rows = f", {target['rows']} rows" if target.get("rows") is not None else ""
+        parts.append(f"target `{_basename(target.get('cache', '?'))}`{rows}")
+    return "; ".join(parts)
+
+
 def training_markdown(record: dict[str, Any]) -> list[str]:
     """What the model's own record says about its data (the images stay with their owner)."""
     fingerprint = record.get("cache_fingerprint") or {}
@@ -110,9 +132,9 @@ def training_markdown(record: dict[str, Any]) -> list[str]:
         variants = sorted({v for names in variants.values() for v in names})
     if variants:
         out.append(f"- Cached variants trained on: {', '.join(map(str, variants))}.")
-    seen = record.get("seen")
-    if isinstance(seen, dict) and seen:
-        out.append("- Labelled rows seen: " + ", ".join(f"{k} {v}" for k, v in seen.items()) + ".")
+    seen = seen_text(record.get("seen"))
+    if seen:
+        out.append(f"- Labelled rows seen: {seen}.")
     leaky = record.get("leaky_fields") or []
     if leaky:
         out.append(
