@@ -438,6 +438,30 @@ def test_model_card_publishes_no_local_path_of_the_seen_record():
     assert "`natix`" in line and "train, val" in line and "`target`, 500 rows" in line
 
 
+def test_model_card_scores_only_held_out_sets():
+    row = {"model": "head", "threshold_kind": "tuned", "variant": "clean", "metadata": "none"}
+    val = {**row, "set": "val", "mcc": 0.777}
+    test = {**row, "set": "test", "mcc": 0.444}
+    fitted = {"cache": "/c/natix", "splits": ["train", "val"]}
+    readme = model_card(card_config(), CARD, {"seen": fitted}, {"rows": [val, test]})
+    assert "| head | test | clean | none | +0.444 |" in readme
+    assert "+0.777" not in readme and "| val |" not in readme  # where the cut was tuned
+
+    # Only the in-sample val row: one sentence, no table.
+    readme = model_card(card_config(), CARD, {"seen": fitted}, {"rows": [val]})
+    assert "No held-out score exists" in readme
+    assert "+0.777" not in readme and "| model |" not in readme
+
+    # A test split the model was adapted on (DoRA on test) is not held-out either, for an
+    # ensemble too, whose out-of-fold rows fitted its combination.
+    adapted = {"cache": "/c/natix", "splits": ["test", "train", "val"]}
+    oof = {**row, "model": "ensemble", "set": "oof", "mcc": 0.555}
+    rows = [oof, {**test, "model": "ensemble"}]
+    readme = model_card(card_config("ensemble"), CARD, {"seen": adapted}, {"rows": rows})
+    assert "No held-out score exists" in readme
+    assert "+0.444" not in readme and "+0.555" not in readme
+
+
 def test_export_check_prints_latency_device_and_dtype(random_tiny, tmp_path, monkeypatch, capsys):
     out = export(random_tiny.ensemble, tmp_path / "out", tta=True, verify=False)
     args = ["--check", out, "--runs", "3", "--device", "cpu", "--max-variants", "3"]
