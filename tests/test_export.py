@@ -39,7 +39,9 @@ from roadwork_cache.inference.amalgamate import (
     detector_source,
 )
 from roadwork_cache.inference.export import import_detector, predict_bytes
+from roadwork_cache.inference.export_format import ExportConfig
 from roadwork_cache.inference.predictor import DEFAULT_TTA, Predictor
+from roadwork_cache.reports.model_card import model_card
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.stages.export import CheckOptions, ExportOptions, run_check, run_export
 from roadwork_cache.stages.predict import PredictOptions, run_predict
@@ -201,6 +203,34 @@ def test_exported_detector_matches_predict_on_real_photos(tiny, tmp_path, which,
     if tta:
         clean = module.RoadworkDetector(out, device="cpu", tta=False)
         assert max(abs(a - clean(Image.open(p))) for a, p in zip(got, paths, strict=True)) > 1e-5
+
+
+def test_exported_detector_follows_a_sat_backbones_normalisation(tiny, tmp_path):
+    """A model whose cache was made with the SAT-493M pixel statistics: the detector must
+    normalise as `roadwork predict` does, not with ImageNet's statistics."""
+    model = tmp_path / "sat-run"
+    shutil.copytree(tiny.run, model)
+    (model / "foods.safetensors").unlink()  # fitted for the lvd record's digest
+    config = json.loads((model / "config.json").read_text())
+    config["backbone"]["normalisation"] = "sat"
+    (model / "config.json").write_text(json.dumps(config))
+    out = export(model, tmp_path / "out", tta=False, verify=False, **tiny.opts())
+    assert json.loads((out / "config.json").read_text())["backbone"]["normalisation"] == "sat"
+    detector = import_detector(out).RoadworkDetector(out, device="cpu")
+    paths = photos()
+    want = predict_answers(model, paths, **tiny.opts())
+    got = [detector(Image.open(p)) for p in paths]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # The statistics matter here: the lvd model answers otherwise on the same photographs.
+    lvd = predict_answers(tiny.run, paths, **tiny.opts())
+    assert max(abs(a - b) for a, b in zip(got, lvd, strict=True)) > 1e-4
+    # An export written before the normalisation was recorded used ImageNet's statistics.
+    exported = json.loads((out / "config.json").read_text())
+    del exported["backbone"]["normalisation"]
+    (out / "config.json").write_text(json.dumps(exported))
+    older = import_detector(out).RoadworkDetector(out, device="cpu")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    torch.testing.assert_close(older.mean, mean)
 
 
 def test_fewer_variants_trade_accuracy_for_latency(tiny, tmp_path):
@@ -375,6 +405,61 @@ def test_model_card_shows_the_runs_metrics_or_says_there_are_none(random_tiny, t
     assert "| test | natix | none | +0.456 |" in readme
     assert "+0.789" in readme and "+0.111" not in readme  # the deployed (tuned) cut only
     assert "mean 0.432, p5 0.211" in readme
+
+
+def card_config(kind: str = "train-head") -> ExportConfig:
+    """The smallest consistent export config a model card can be written from."""
+    backbone = {"timm": {"model_name": "vit_tiny"}, "pool": "cls", "view_size": 64}
+    backbone.update(feature_dim=32, preset="tiny", format="random", random_init=True)
+    return ExportConfig(
+        kind=kind,
+        backbone=backbone,
+        views={"view_size": 64},
+        heads=[{"config": {}}],
+        threshold=0.4,
+        tta={"enabled": False, "variants": ["clean"], "combine": "mean"},
+        source={"tool_version": "0.0.0"},
+    )
+
+
+CARD = {"model_name": "m", "description": "d", "version": "1.0.0"}
+
+
+def test_model_card_publishes_no_local_path_of_the_seen_record():
+    seen = {
+        "cache": "/home/u/caches/natix",
+        "splits": ["train", "val"],
+        "target": {"cache": "/home/u/caches/target", "rows": 500},
+    }
+    record = {"cache": "/home/u/caches/natix", "seen": seen}
+    readme = model_card(card_config(), CARD, record, None)
+    line = next(x for x in readme.splitlines() if x.startswith("- Labelled rows seen"))
+    assert "/home/u" not in readme and "/" not in line
+    assert "`natix`" in line and "train, val" in line and "`target`, 500 rows" in line
+
+
+def test_model_card_scores_only_held_out_sets():
+    row = {"model": "head", "threshold_kind": "tuned", "variant": "clean", "metadata": "none"}
+    val = {**row, "set": "val", "mcc": 0.777}
+    test = {**row, "set": "test", "mcc": 0.444}
+    fitted = {"cache": "/c/natix", "splits": ["train", "val"]}
+    readme = model_card(card_config(), CARD, {"seen": fitted}, {"rows": [val, test]})
+    assert "| head | test | clean | none | +0.444 |" in readme
+    assert "+0.777" not in readme and "| val |" not in readme  # where the cut was tuned
+
+    # Only the in-sample val row: one sentence, no table.
+    readme = model_card(card_config(), CARD, {"seen": fitted}, {"rows": [val]})
+    assert "No held-out score exists" in readme
+    assert "+0.777" not in readme and "| model |" not in readme
+
+    # A test split the model was adapted on (DoRA on test) is not held-out either, for an
+    # ensemble too, whose out-of-fold rows fitted its combination.
+    adapted = {"cache": "/c/natix", "splits": ["test", "train", "val"]}
+    oof = {**row, "model": "ensemble", "set": "oof", "mcc": 0.555}
+    rows = [oof, {**test, "model": "ensemble"}]
+    readme = model_card(card_config("ensemble"), CARD, {"seen": adapted}, {"rows": rows})
+    assert "No held-out score exists" in readme
+    assert "+0.444" not in readme and "+0.555" not in readme
 
 
 def test_export_check_prints_latency_device_and_dtype(random_tiny, tmp_path, monkeypatch, capsys):

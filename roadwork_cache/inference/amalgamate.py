@@ -40,7 +40,7 @@ PARTS: tuple[Part, ...] = (
     Part("roadwork_cache.readers.images"),
     Part("roadwork_cache.views.geometry"),
     Part("roadwork_cache.views.variants", ("tta_image",)),
-    Part("roadwork_cache.backbone.presets", ("IMAGENET_MEAN", "IMAGENET_STD")),
+    Part("roadwork_cache.backbone.presets", ("NORMALISATIONS", "check_normalisation")),
     Part("roadwork_cache.heads.config"),
     Part("roadwork_cache.heads.layers"),
     Part("roadwork_cache.heads.attention"),

@@ -128,6 +128,7 @@ def export_plan(predictor: Predictor, tta_enabled: bool) -> ExportConfig:
         "preset": info.get("preset"),
         "format": info.get("format"),
         "pool": info.get("pool", "cls"),
+        "normalisation": info.get("normalisation", "lvd"),  # the pixel statistics it was fed
         "view_size": int(info["view_size"]),
         "feature_dim": int(info["feature_dim"]),
         "patch_size": info.get("patch_size"),

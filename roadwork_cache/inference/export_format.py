@@ -56,7 +56,9 @@ class ExportConfig:
 
     kind: str  # "train-head" (one head) or "ensemble"
     # timm: the `timm.create_model` arguments; pool, view_size, feature_dim, preset, format
-    # (of the weights it was converted from), random_init, state_sha256, weights_sha256
+    # (of the weights it was converted from), normalisation (the pixel statistics: lvd or
+    # sat; absent in earlier exports, which all used lvd), random_init, state_sha256,
+    # weights_sha256
     backbone: dict[str, Any]
     views: dict[str, Any]  # layout, n_views, view_size, draft_side
     heads: list[dict[str, Any]]  # per head: config (HeadConfig), logit_norm (ensembles), source
@@ -72,6 +74,12 @@ class ExportConfig:
     source: dict[str, Any] = field(default_factory=dict)  # model folder, tool version, time
     format: str = EXPORT_FORMAT
     format_version: int = EXPORT_VERSION
+
+    @property
+    def normalisation(self) -> str:
+        """The backbone's pixel statistics (backbone/presets NORMALISATIONS); an export
+        written before it was recorded used ImageNet's, lvd."""
+        return str(self.backbone.get("normalisation", "lvd"))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -30,7 +30,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from roadwork_cache.backbone.presets import IMAGENET_MEAN, IMAGENET_STD
+from roadwork_cache.backbone.presets import NORMALISATIONS, check_normalisation
 from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm, fold_threshold
 from roadwork_cache.heads.config import HeadConfig
 from roadwork_cache.heads.head import RoadworkHead
@@ -140,9 +140,10 @@ class StandaloneDetector:
                 raise UserError(f"max_variants must be at least 1, got {max_variants}")
             variants = variants[:max_variants]
         self.variants = tuple(variants)
-        scale = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-        self.mean = scale.to(self.device)
-        self.std = (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).to(self.device)
+        # the pixel statistics the backbone's cache was made with (lvd: ImageNet's; sat)
+        mean, std = NORMALISATIONS[check_normalisation(self.config.normalisation)]
+        self.mean = (torch.tensor(mean).view(1, 3, 1, 1) * 255).to(self.device)
+        self.std = (torch.tensor(std).view(1, 3, 1, 1) * 255).to(self.device)
         self._lock = threading.Lock()
         self._pool: tuple[int, ThreadPoolExecutor] | None = None
 

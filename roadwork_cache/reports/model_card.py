@@ -30,20 +30,41 @@ def _cell(value: Any, fmt: str) -> str:
         return str(value)
 
 
-def deployed_rows(metrics: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    """The rows of what is deployed: a run's head at its tuned (folded) threshold; every row
-    of an ensemble (its members beside the combination)."""
+# The sets whose rows no part of the model was fitted, tuned or stopped on: `val` chose the
+# epoch and the threshold, an ensemble's `oof` fitted its combination.
+HELD_OUT_SETS = ("test",)
+
+
+def held_out_sets(seen: Any) -> set[str]:
+    """HELD_OUT_SETS less any split the model's `seen` record lists (e.g. `test` after DoRA
+    adapted on it)."""
+    splits = (seen.get("splits") or []) if isinstance(seen, dict) else []
+    return set(HELD_OUT_SETS) - {str(s) for s in splits}
+
+
+def deployed_rows(
+    metrics: dict[str, Any], kind: str, seen: Any = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """The held-out rows of what is deployed: a run's head at its tuned (folded) threshold;
+    every row of an ensemble (its members beside the combination). Also whether there were
+    rows of what is deployed at all, held-out or not."""
     rows = [r for r in metrics.get("rows") or [] if isinstance(r, dict)]
     if kind == "train-head":
         rows = [r for r in rows if r.get("model") == "head" and r.get("threshold_kind") == "tuned"]
-    return rows
+    held_out = held_out_sets(seen)
+    return [r for r in rows if r.get("set") in held_out], bool(rows)
 
 
-def metrics_markdown(metrics: dict[str, Any] | None, kind: str) -> list[str]:
+def metrics_markdown(metrics: dict[str, Any] | None, kind: str, seen: Any = None) -> list[str]:
     if metrics is None:
         return ["The model folder holds no `metrics.json`: there are no metrics to report."]
-    rows = deployed_rows(metrics, kind)
+    rows, any_rows = deployed_rows(metrics, kind, seen)
     if not rows:
+        if any_rows:
+            return [
+                "No held-out score exists: every row of the model folder's `metrics.json` "
+                "is of a set it was fitted, tuned or stopped on."
+            ]
         return ["The model folder's `metrics.json` holds no metric rows."]
     keys = [k for k in ("model", "set", "variant", "metadata") if any(k in r for r in rows)]
     metric_cols = [c for c in METRIC_COLUMNS if any(c[0] in r for r in rows)]
@@ -95,6 +116,28 @@ def _reward_text(value: Any) -> str:
     return _cell(value, "{:.3f}")
 
 
+def _basename(path: Any) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def seen_text(seen: Any) -> str:
+    """The `seen` record (head_folder.seen_record) without local paths, which are not
+    published: the cache folder's name, its split names, the target's name and rows."""
+    if not isinstance(seen, dict) or not seen:
+        return ""
+    parts = []
+    if seen.get("cache"):
+        parts.append(f"cache `{_basename(seen['cache'])}`")
+    splits = seen.get("splits") or []
+    if splits:
+        parts.append(f"splits {', '.join(map(str, splits))}")
+    target = seen.get("target")
+    if isinstance(target, dict):
+        rows = f", {target['rows']} rows" if target.get("rows") is not None else ""
+        parts.append(f"target `{_basename(target.get('cache', '?'))}`{rows}")
+    return "; ".join(parts)
+
+
 def training_markdown(record: dict[str, Any]) -> list[str]:
     """What the model's own record says about its data (the images stay with their owner)."""
     fingerprint = record.get("cache_fingerprint") or {}
@@ -110,9 +153,9 @@ def training_markdown(record: dict[str, Any]) -> list[str]:
         variants = sorted({v for names in variants.values() for v in names})
     if variants:
         out.append(f"- Cached variants trained on: {', '.join(map(str, variants))}.")
-    seen = record.get("seen")
-    if isinstance(seen, dict) and seen:
-        out.append("- Labelled rows seen: " + ", ".join(f"{k} {v}" for k, v in seen.items()) + ".")
+    seen = seen_text(record.get("seen"))
+    if seen:
+        out.append(f"- Labelled rows seen: {seen}.")
     leaky = record.get("leaky_fields") or []
     if leaky:
         out.append(
@@ -199,7 +242,7 @@ def model_card(
         "",
         "## Metrics",
         "",
-        *metrics_markdown(metrics, config.kind),
+        *metrics_markdown(metrics, config.kind, record.get("seen")),
         "",
         "## Files",
         "",
