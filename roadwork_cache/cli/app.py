@@ -96,6 +96,12 @@ AllowLeaky = Annotated[
 ]
 
 
+Workers = Annotated[
+    int | None,
+    typer.Option(help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU)."),
+]
+
+
 CacheFolder = Annotated[Path, typer.Option(help="Cache folder made by `roadwork extract`.")]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from roadwork_cache.cli.app import Device, Progress, at_least, check_flags
+from roadwork_cache.cli.app import Device, Progress, Workers, at_least, check_flags
 
 # Options predict and export share: the model's backbone and its TTA.
 ModelWeights = Annotated[
@@ -53,12 +53,7 @@ def predict(
     batch_size: Annotated[
         int, typer.Option(help="Images per forward (x variants x 12 views).")
     ] = 8,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU)."
-        ),
-    ] = None,
+    workers: Workers = None,
     device: Device = "auto",
     json_out: Annotated[
         bool,

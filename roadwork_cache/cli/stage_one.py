@@ -11,6 +11,7 @@ import typer
 from roadwork_cache.cli.app import (
     Device,
     Progress,
+    Workers,
 )
 
 
@@ -97,12 +98,7 @@ def extract(
         ),
     ] = "lvd",
     batch_size: Annotated[int, typer.Option(help="Images per forward (x12 views).")] = 8,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="DataLoader worker processes for decoding (default: 8 on CUDA, 1 on CPU)."
-        ),
-    ] = None,
+    workers: Workers = None,
     device: Device = "auto",
     shard_rows: Annotated[
         int, typer.Option(help="Rows per Zarr shard: the unit of writing and of resume.")
