@@ -20,6 +20,10 @@ time scales with rows x epochs), labelled as such.
 batched (`training.fold_runs`: a member's folds, and members with the same settings,
 trained together). Both include what each fold job does after training (saving weights,
 logits on every row). Probe members (scikit-learn fits, never batched) are left out of both.
+It then prints the kernel ceiling: per batch group, a training step of K fold models on B
+rows each against one model on K x B rows, the same arithmetic in bigger kernels and no
+vmap. Batching can at best close the gap between the two, so a ceiling below 2x bounds the
+ratio below 2x on that device, however the folds are batched.
 `--head-dim` / `--layers` set the head width and depth under every member (a member's own
 setting wins: `wide` stays 768 wide, `deep` 6 layers deep).
 """
@@ -37,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.stages.ensemble import run_ensemble
 from roadwork_cache.store.cache import Cache
 from roadwork_cache.training.dora import DoraSettings
@@ -185,6 +191,56 @@ def compare_sequential(opts: EnsembleOptions, device: torch.device, repeat: int)
     print(f"device: {device_name(device)}, torch {torch.__version__}")
     print(f"sequential: {seq:.2f} s; batched: {bat:.2f} s (best of {repeat})")
     print(f"batched vs sequential: {seq / bat:.2f}x")
+    kernel_ceiling(ctx, groups, device, opts.train.batch_size)
+
+
+def train_step(model, optim, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
+    with autocast(device):
+        logits = model(x).logits.float()
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+
+
+def kernel_ceiling(ctx, groups, device: torch.device, batch_size: int, steps: int = 8) -> None:
+    """What any batching of K folds could gain on this device, vmap aside: one training step
+    of K models on B rows each, one after another, against one model on K x B rows (the
+    same arithmetic in kernels K times bigger). Below 1x, bigger kernels are no faster here
+    than K small ones, and folding the folds into one computation cannot pay."""
+    total = {"K steps of B rows": 0.0, "one step of K x B rows": 0.0}
+    for jobs in groups:
+        torch.manual_seed(0)
+        config = HeadConfig.from_dict(jobs[0].head)
+        models = [RoadworkHead(config).to(device).train() for _ in jobs]
+        optims = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
+        feats = ctx.train_features(jobs[0].variants)[0]
+        k = len(jobs)
+        rows = torch.randint(len(feats), (k * batch_size,), device=feats.device)
+        x = feats[rows].to(device).float()
+        y = torch.randint(2, (k * batch_size,), device=device)
+        runs = (
+            lambda a=(models, optims, x.split(batch_size), y.split(batch_size)): [
+                train_step(*fold, device) for fold in zip(*a, strict=True)
+            ],
+            lambda m=models[0], o=optims[0], x=x, y=y: train_step(m, o, x, y, device),
+        )
+        times = {}
+        for name, fn in zip(total, runs, strict=True):
+            fn()  # warm-up
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            sync(device)
+            times[name] = (time.perf_counter() - start) / steps
+            total[name] += times[name]
+        print(
+            f"  step of {jobs[0].member} (K = {k}): {times['K steps of B rows'] * 1e3:.1f} ms "
+            f"as K steps of B = {batch_size} rows, {times['one step of K x B rows'] * 1e3:.1f} ms "
+            f"as one step of K x B rows"
+        )
+    small, big = total.values()
+    print(f"kernel ceiling (K models on B rows vs one on K x B rows): {small / big:.2f}x")
 
 
 def sync(device: torch.device) -> None:
