@@ -13,7 +13,7 @@
 #   ensemble    240 s  the members' folds one at a time (121 s for 1 epoch) and batched
 #   extract     220 s  builds, 4 SDPA backend rows, torch.compile (68 s to compile), a short
 #                      end to end; --no-baseline: fp32 eager (6.56x slower) is measured
-#   predict     rest   2 settings x (eager, heads batched, compiled) with 20 repeats each
+#   predict     rest   2 settings x (eager, heads stacked, compiled) with 20 repeats each
 set -u
 
 cd "$(dirname "$0")/.."

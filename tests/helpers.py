@@ -192,8 +192,8 @@ HEAD_64 = {**DEMO_HEAD, "dropout": 0.0}
 def tiny_models(
     root: Path, view_size: int = 64, preset: str = "tiny", weights: Path | None = None
 ) -> tuple[Path, Path]:
-    """A train-head run folder and a three-member ensemble folder (two heads and a linear
-    probe) over the tiny backbone (or
+    """A train-head run folder and a three-member ensemble folder (a member of two fold
+    heads, one of a single head, and a linear probe) over the tiny backbone (or
     `preset` with `weights`), with seeded untrained heads, written through the format owners
     (no training: what a loader does must not depend on what the heads learned)."""
     import torch
@@ -232,16 +232,17 @@ def tiny_models(
     write_head(run, head(1), record("train-head", threshold=0.4))
     ensemble = root / "ensemble"
     members = []
-    for m, name in enumerate(("a", "b")):
-        rel = fold_folder(name, 1)
-        write_head(
-            ensemble / rel,
-            head(10 + m),
-            record(
-                "ensemble-member", member=name, fold=1, logit_norm=LogitNorm(0.1, 2.0).to_dict()
-            ),
-        )
-        members.append(MemberEntry(name, [rel]))
+    # member a has two fold heads (one config: they run stacked), member b one
+    for m, (name, folds) in enumerate((("a", 2), ("b", 1))):
+        rels = [fold_folder(name, k) for k in range(1, folds + 1)]
+        for k, rel in enumerate(rels):
+            norm = LogitNorm(0.1 + 0.2 * k, 2.0 - 0.5 * k).to_dict()
+            write_head(
+                ensemble / rel,
+                head(10 + m + 5 * k),
+                record("ensemble-member", member=name, fold=k + 1, logit_norm=norm),
+            )
+        members.append(MemberEntry(name, rels))
     # and a linear probe member (12 views concatenated), with seeded random weights
     from roadwork_cache.heads.probe import LinearProbe, ProbeConfig
 

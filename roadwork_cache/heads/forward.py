@@ -8,6 +8,7 @@ import torch
 
 from roadwork_cache.heads.head import RoadworkHead
 from roadwork_cache.heads.metadata import MetadataBatch
+from roadwork_cache.heads.stacked import StackedHeads
 from roadwork_cache.runtime.devices import autocast
 
 
@@ -33,6 +34,28 @@ def head_logits(
     if not out:
         return np.zeros(0, dtype=np.float64)
     return torch.cat(out).double().numpy()
+
+
+@torch.no_grad()
+def stacked_logits(
+    stack: StackedHeads,
+    features: np.ndarray,
+    meta: MetadataBatch | None,
+    device: torch.device,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """`head_logits` of each of the stack's heads [K, n], computed as one."""
+    feats = torch.as_tensor(features)
+    out = []
+    for start in range(0, len(feats), batch_size):
+        x = feats[start : start + batch_size].to(device).float()
+        m = meta.select(slice(start, start + batch_size)).to(device) if meta else None
+        with autocast(device):
+            logits = stack(x, m)[0].float()  # [K, b, 2]
+        out.append((logits[..., 1] - logits[..., 0]).cpu())
+    if not out:
+        return np.zeros((len(stack), 0), dtype=np.float64)
+    return torch.cat(out, dim=1).double().numpy()
 
 
 @torch.no_grad()

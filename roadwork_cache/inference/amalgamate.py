@@ -49,6 +49,7 @@ PARTS: tuple[Part, ...] = (
     Part("roadwork_cache.heads.metadata"),
     Part("roadwork_cache.heads.coverage"),
     Part("roadwork_cache.heads.head"),
+    Part("roadwork_cache.heads.stacked"),
     Part("roadwork_cache.heads.probe"),
     Part("roadwork_cache.heads.combine"),
     Part(

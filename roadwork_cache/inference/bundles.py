@@ -8,7 +8,7 @@ kind they were given. The threshold tuned on validation is folded in: 0.5 is the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +17,8 @@ import torch
 
 from roadwork_cache.heads import MetadataBatch, RoadworkHead
 from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm, fold_threshold
-from roadwork_cache.heads.forward import head_logits, head_outputs
+from roadwork_cache.heads.forward import head_logits, head_outputs, stacked_logits
+from roadwork_cache.heads.stacked import StackedHeads
 from roadwork_cache.inference import ensemble_folder, run_folder
 from roadwork_cache.inference.ensemble_folder import MANIFEST_FILE, is_ensemble, read_manifest
 from roadwork_cache.inference.head_folder import HeadRecord, load_head
@@ -74,6 +75,15 @@ class EnsembleBundle:
     calibration: Calibration
     config: dict[str, Any]
     device: torch.device
+    # member -> its heads as one computation, where it has several of one config (its folds)
+    stacks: dict[str, StackedHeads] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, bag in self.members:
+            heads = [h for h, _ in bag]
+            same = all(isinstance(h, RoadworkHead) and h.config == heads[0].config for h in heads)
+            if len(heads) > 1 and same:
+                self.stacks[name] = StackedHeads(heads)
 
     @property
     def threshold(self) -> float:
@@ -81,13 +91,15 @@ class EnsembleBundle:
 
     def member_logits(self, features: np.ndarray, meta: MetadataBatch | None = None) -> np.ndarray:
         """[n, M]: each member's mean normalised logit over its heads."""
-        cols = [
-            np.mean(
-                [norm.apply(head_logits(h, features, meta, self.device)) for h, norm in heads],
-                axis=0,
+        cols = []
+        for name, bag in self.members:
+            if name in self.stacks:
+                logits = list(stacked_logits(self.stacks[name], features, meta, self.device))
+            else:
+                logits = [head_logits(h, features, meta, self.device) for h, _ in bag]
+            cols.append(
+                np.mean([norm.apply(z) for z, (_, norm) in zip(logits, bag, strict=True)], axis=0)
             )
-            for _, heads in self.members
-        ]
         return np.stack(cols, axis=1)
 
     def logits(self, features: np.ndarray, meta: MetadataBatch | None = None) -> np.ndarray:

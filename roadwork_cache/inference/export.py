@@ -205,8 +205,10 @@ def write_export(
             metadata={"format": "timm", "timm_model": str(config.backbone["timm"]["model_name"])},
         )
         heads, _ = _heads(predictor)
+        # clone: an ensemble member's heads view one stacked tensor (heads.stacked), and
+        # safetensors refuses tensors that share memory
         tensors = {
-            f"heads.{i}.{k}": v.detach().cpu().contiguous()
+            f"heads.{i}.{k}": v.detach().cpu().clone()
             for i, head in enumerate(heads)
             for k, v in head.state_dict().items()
         }

@@ -35,6 +35,7 @@ from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm, fo
 from roadwork_cache.heads.config import HeadConfig
 from roadwork_cache.heads.head import RoadworkHead
 from roadwork_cache.heads.probe import LinearProbe, ProbeConfig
+from roadwork_cache.heads.stacked import StackedHeads
 from roadwork_cache.inference.export_format import (
     BACKBONE_WEIGHTS,
     EXPORT_CONFIG,
@@ -133,6 +134,7 @@ class StandaloneDetector:
         self.draft_side = int(np.ceil(self.view_size / TILE_FRACTION))  # as extract decodes
         self.backbone = self._load_backbone()
         self.heads, self.foods = self._load_heads()
+        self.groups = self._head_groups()
         tta = bool(self.config.tta.get("enabled")) if tta is None else tta
         variants = list(self.config.tta["variants"]) if tta else ["clean"]
         if max_variants is not None:
@@ -174,6 +176,24 @@ class StandaloneDetector:
                 raise UserError(f"{HEAD_WEIGHTS} has no FOODS statistics, which TTA needs")
             foods = (tensors["foods.mean"].double().numpy(), tensors["foods.precision"].numpy())
         return heads, foods
+
+    def _head_groups(self) -> list[tuple[list[int], StackedHeads | None]]:
+        """Head indices in the order they run: an ensemble member's heads of one config (its
+        folds) as one stacked computation, any other head alone."""
+        members = (
+            [m["heads"] for m in self.config.members] if self.config.kind == "ensemble" else []
+        )
+        grouped = {i for m in members for i in m}
+        groups: list[tuple[list[int], StackedHeads | None]] = []
+        for indices in members:
+            heads = [self.heads[i] for i in indices]
+            same = all(isinstance(h, RoadworkHead) and h.config == heads[0].config for h in heads)
+            if len(heads) > 1 and same:
+                groups.append((list(indices), StackedHeads(heads)))
+            else:
+                groups.extend(([i], None) for i in indices)
+        groups.extend(([i], None) for i in range(len(self.heads)) if i not in grouped)
+        return groups
 
     # ---- image -> views -----------------------------------------------------------------
 
@@ -231,11 +251,17 @@ class StandaloneDetector:
 
     def head_outputs(self, feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Features [n, V, D] -> folded probability [n] and FOODS embedding [n, E]."""
-        outs = []
-        for head in self.heads:
+        by_head: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for indices, stack in self.groups:
             with self._autocast():
-                out = head(feats, None)
-            outs.append((out.logits.float(), out.embedding.float()))
+                if stack is None:
+                    out = self.heads[indices[0]](feats, None)
+                    logits, embeddings = out.logits[None], out.embedding[None]
+                else:
+                    logits, embeddings = stack(feats)  # [K, n, 2], [K, n, E]
+            for k, i in enumerate(indices):
+                by_head[i] = (logits[k].float(), embeddings[k].float())
+        outs = [by_head[i] for i in range(len(self.heads))]
         # One fixed embedding space is all FOODS needs: the first head's (a probe has none).
         first = next((i for i, h in enumerate(self.heads) if isinstance(h, RoadworkHead)), 0)
         embedding = outs[first][1].cpu().numpy()

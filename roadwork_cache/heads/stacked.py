@@ -1,0 +1,69 @@
+"""The heads of one config run as one computation at inference: their parameters stacked
+(`torch.func.stack_module_state`) and the head's forward vmapped over them, so every kernel
+does the work of all K heads (an ensemble member's fold heads: K launches become one).
+
+The heads keep working on their own: after stacking, each head's parameters are views of
+its slice of the stack, so the weights are held once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from roadwork_cache.heads.head import RoadworkHead
+from roadwork_cache.heads.metadata import MetadataBatch
+
+# Rows per forward on the CPU up to which the stack beats the heads one after another: five
+# default heads took 1.24x less time stacked on 1 row, 1.08x on 4, 0.98x on 6 and 0.77x on
+# 72 (2-core CPU, docs/benchmarks.md). vmap's batched matmuls cost more there than K plain
+# ones once the rows fill the kernels. On CUDA, where launches dominate, the stack always runs.
+CPU_STACK_MAX_ROWS = 4
+
+
+class StackedHeads:
+    """K RoadworkHeads of one HeadConfig -> (x [n, V, D], meta | None) ->
+    (logits [K, n, 2], embedding [K, n, dim]), as the K heads give them one by one."""
+
+    def __init__(self, heads: Sequence[RoadworkHead], cpu_max_rows: int = CPU_STACK_MAX_ROWS):
+        heads = list(heads)
+        if not heads or any(h.config != heads[0].config for h in heads):
+            raise ValueError("stacked heads share one head config")
+        params, buffers = stack_module_state(heads)
+        self.params = {name: p.detach() for name, p in params.items()}
+        self.buffers = buffers
+        for k, head in enumerate(heads):  # hold the weights once: each head views its slice
+            for name, p in head.named_parameters():
+                p.data = self.params[name][k]
+        self.heads, self.cpu_max_rows = heads, cpu_max_rows
+        self.base = heads[0]  # the module functional_call runs with the stacked weights
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def runs_stacked(self, rows: int, device: torch.device) -> bool:
+        """Whether the stack beats the heads one after another for `rows` rows there."""
+        return len(self.heads) > 1 and (device.type == "cuda" or rows <= self.cpu_max_rows)
+
+    def __call__(self, x: Tensor, meta: MetadataBatch | None = None) -> tuple[Tensor, Tensor]:
+        self.base.eval()
+        if not self.runs_stacked(len(x), x.device):
+            outs = [h.eval()(x, meta) for h in self.heads]
+            return (
+                torch.stack([o.logits for o in outs]),
+                torch.stack([o.embedding for o in outs]),
+            )
+
+        def one(params: dict[str, Tensor], buffers: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            out = functional_call(self.base, (params, buffers), (x, meta))
+            return out.logits, out.embedding
+
+        # The math kernel batches under vmap everywhere; the fused ones have no batching rule
+        # on the CPU (nor in every torch a miner runs), and vmap would loop over the heads.
+        # On a head's 8-12 tokens it costs nothing.
+        with sdpa_kernel(SDPBackend.MATH):
+            return vmap(one)(self.params, self.buffers)
