@@ -176,20 +176,20 @@ def heads_alone(predictor: Predictor, challenge: bytes, repeats: int) -> MeanEns
     forced = MeanEnsemble(seq.heads, seq.config, seq.device, StackedHeads(seq.heads, 1 << 30))
     views = predictor.views(prepare_image(Image.open(io.BytesIO(challenge))))[None]
     one = predictor.features(torch.as_tensor(views))  # [T, 12, D]
-    counts = sorted({1, CPU_STACK_MAX_ROWS, CPU_STACK_MAX_ROWS + 2, len(one), 8 * len(one)})
+    counts = sorted({1, 4, CPU_STACK_MAX_ROWS, 2 * CPU_STACK_MAX_ROWS, len(one), 8 * len(one)})
     for rows in counts:
         feats = np.resize(one, (rows, *one.shape[1:]))  # the challenge's rows, repeated
-        results = {}
-        for name, bundle in (("one after another", seq), ("stacked (vmap)", forced)):
-            bundle.predict(feats)  # warm-up
-            times = []
-            for _ in range(repeats):
+        bundles = {"one after another": seq, "stacked (vmap)": forced}
+        probs = {name: bundle.predict(feats) for name, bundle in bundles.items()}  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in bundles}
+        for _ in range(repeats):  # interleaved, so drift in the machine's load hits both
+            for name, bundle in bundles.items():
                 sync(predictor.device)
                 start = time.perf_counter()
-                probs = bundle.predict(feats)
+                probs[name] = bundle.predict(feats)
                 sync(predictor.device)
-                times.append(time.perf_counter() - start)
-            results[name] = (np.array(times), probs)
+                times[name].append(time.perf_counter() - start)
+        results = {name: (np.array(times[name]), probs[name]) for name in bundles}
         (t_seq, p_seq), (t_stack, p_stack) = results.values()
         worst = float(np.abs(p_stack - p_seq).max())
         print(

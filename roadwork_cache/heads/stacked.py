@@ -18,11 +18,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from roadwork_cache.heads.head import RoadworkHead
 from roadwork_cache.heads.metadata import MetadataBatch
 
-# Rows per forward on the CPU up to which the stack beats the heads one after another: five
-# default heads took 1.24x less time stacked on 1 row, 1.08x on 4, 0.98x on 6 and 0.77x on
-# 72 (2-core CPU, docs/benchmarks.md). vmap's batched matmuls cost more there than K plain
-# ones once the rows fill the kernels. On CUDA, where launches dominate, the stack always runs.
-CPU_STACK_MAX_ROWS = 4
+# Rows per forward on the CPU up to which the stack runs: five default heads ran 1.57x
+# faster stacked on 1 row (a challenge), 1.21x on 8, 1.13x on 9 (a challenge with its TTA
+# variants), 0.92-1.02x on 16 and 0.85x on 72 (2-core CPU, bench/predict.py "heads alone",
+# docs/benchmarks.md): once the rows fill the kernels, vmap's batched matmuls cost more there
+# than K plain ones. On CUDA, where launches dominate, the stack always runs.
+CPU_STACK_MAX_ROWS = 12
 
 
 class StackedHeads:
