@@ -3,6 +3,8 @@ precision. Shared by validation in training and by the bundles a miner loads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -10,6 +12,25 @@ from roadwork_cache.heads.head import RoadworkHead
 from roadwork_cache.heads.metadata import MetadataBatch
 from roadwork_cache.heads.stacked import StackedHeads
 from roadwork_cache.runtime.devices import autocast
+
+
+def _chunks(
+    features: np.ndarray | torch.Tensor,
+    meta: MetadataBatch | None,
+    device: torch.device,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, MetadataBatch | None]]:
+    """The rows `batch_size` at a time on the device: features float [b, V, D], metadata."""
+    feats = torch.as_tensor(features)
+    for start in range(0, len(feats), batch_size):
+        rows = slice(start, start + batch_size)
+        yield feats[rows].to(device).float(), meta.select(rows).to(device) if meta else None
+
+
+def _binary(logits: torch.Tensor) -> torch.Tensor:
+    """[..., 2] -> ``logit_1 - logit_0`` [...] on the host."""
+    logits = logits.float()
+    return (logits[..., 1] - logits[..., 0]).cpu()
 
 
 @torch.no_grad()
@@ -23,14 +44,10 @@ def head_logits(
     """Binary logit ``logit_1 - logit_0`` [n] of a head (``log(p / (1 - p))`` of its softmax,
     without the precision lost by going through the probability)."""
     model.eval()
-    feats = torch.as_tensor(features)
     out = []
-    for start in range(0, len(feats), batch_size):
-        x = feats[start : start + batch_size].to(device).float()
-        m = meta.select(slice(start, start + batch_size)).to(device) if meta else None
+    for x, m in _chunks(features, meta, device, batch_size):
         with autocast(device):
-            logits = model(x, m).logits.float()
-        out.append((logits[:, 1] - logits[:, 0]).cpu())
+            out.append(_binary(model(x, m).logits))
     if not out:
         return np.zeros(0, dtype=np.float64)
     return torch.cat(out).double().numpy()
@@ -45,14 +62,10 @@ def stacked_logits(
     batch_size: int = 512,
 ) -> np.ndarray:
     """`head_logits` of each of the stack's heads [K, n], computed as one."""
-    feats = torch.as_tensor(features)
     out = []
-    for start in range(0, len(feats), batch_size):
-        x = feats[start : start + batch_size].to(device).float()
-        m = meta.select(slice(start, start + batch_size)).to(device) if meta else None
+    for x, m in _chunks(features, meta, device, batch_size):
         with autocast(device):
-            logits = stack(x, m)[0].float()  # [K, b, 2]
-        out.append((logits[..., 1] - logits[..., 0]).cpu())
+            out.append(_binary(stack(x, m)[0]))  # [K, b]
     if not out:
         return np.zeros((len(stack), 0), dtype=np.float64)
     return torch.cat(out, dim=1).double().numpy()
@@ -68,11 +81,8 @@ def head_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Roadwork probability [n] and pooled embedding [n, dim]; meta None = all NULL."""
     model.eval()
-    feats = torch.as_tensor(features)
     probs, embeds = [], []
-    for start in range(0, len(feats), batch_size):
-        x = feats[start : start + batch_size].to(device).float()
-        m = meta.select(slice(start, start + batch_size)).to(device) if meta else None
+    for x, m in _chunks(features, meta, device, batch_size):
         with autocast(device):
             out = model(x, m)
         probs.append(torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu())
