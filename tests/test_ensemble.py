@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -345,3 +346,23 @@ def test_target_without_labels_for_dora_is_refused(tmp_path):
     with pytest.raises(UserError, match="has no labels; DoRA folds need labelled"):
         run_ensemble(options(source, tmp_path / "out", members, target=str(target), dora_folds=3))
     assert not (tmp_path / "out" / "members").exists()  # refused before any training
+
+
+def test_fold_jobs_in_worker_processes_give_what_one_process_gives(one_thread, tmp_path):
+    """`--jobs 2` trains the fold jobs in two spawned workers (one thread each, as here):
+    the same members' logits and predictions as in this process."""
+    source = signal_cache(tmp_path / "source", n=240)
+    members = tmp_path / "members.json"
+    members.write_text(json.dumps(MEMBERS))
+    train = TrainConfig(epochs=2, batch_size=32, lr=5e-3, patience=2, warmup_epochs=0.5)
+    outs = {}
+    for jobs in (1, 2):
+        run_ensemble(options(source, tmp_path / f"jobs{jobs}", members, train=train, jobs=jobs))
+        outs[jobs] = pq.read_table(tmp_path / f"jobs{jobs}" / "predictions.parquet")
+    one, two = outs[1], outs[2]
+    assert one.column_names == two.column_names and one.num_rows == 240
+    numeric = [c for c in one.column_names if pa.types.is_floating(one.schema.field(c).type)]
+    assert len(numeric) > 4
+    for name in numeric:
+        a, b = (t.column(name).to_numpy(zero_copy_only=False) for t in (one, two))
+        np.testing.assert_allclose(b, a, atol=1e-5, err_msg=name)

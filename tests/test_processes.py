@@ -2,6 +2,7 @@
 held, a rank whose peer died stops in one sentence and the cache resumes, and of two
 writers starting a new cache together one is refused with the holder named."""
 
+import json
 import os
 import signal
 import socket
@@ -51,10 +52,20 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited
 
 
-def wait_for_workers(proc: subprocess.Popen, n: int, timeout: float = 120) -> list[int]:
+def spawned_worker(pid: int) -> bool:
+    """A multiprocessing worker started by spawn (not, e.g., its resource tracker)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def wait_for_workers(
+    proc: subprocess.Popen, n: int, timeout: float = 120, spawned: bool = False
+) -> list[int]:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        found = children(proc.pid)
+        found = [p for p in children(proc.pid) if not spawned or spawned_worker(p)]
         if len(found) >= n:
             return found
         time.sleep(0.02)
@@ -127,6 +138,45 @@ def test_a_killed_predict_leaves_no_worker(tmp_path):
     )
     workers = wait_for_workers(proc, 2)
     time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert_gone(workers, within=2.0)
+
+
+def test_a_killed_ensemble_leaves_no_fold_worker(tmp_path):
+    from helpers import HEAD_32, planted_cache
+
+    cache, _, _ = planted_cache(tmp_path / "cache", n=240, dim=16)
+    members = tmp_path / "members.json"
+    members.write_text(json.dumps([{"name": f"m{i}", "seed": i, "head": HEAD_32} for i in (1, 2)]))
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "ensemble",
+            "--cache",
+            str(cache),
+            "--out",
+            str(tmp_path / "ens"),
+            "--members",
+            str(members),
+            "--jobs",
+            "2",
+            "--epochs",
+            "500",
+            "--patience",
+            "500",
+            "--dora-folds",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers = wait_for_workers(proc, 2, spawned=True)  # the pool's, not its resource tracker
+    time.sleep(6.0)  # the workers import torch, load the cache and train (jobs of minutes)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert_gone(workers, within=2.0)

@@ -13,11 +13,12 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 
 import torch
 
 from roadwork_cache.heads import HeadConfig, RoadworkHead
+from roadwork_cache.runtime.processes import die_with_parent
 from roadwork_cache.training.batched import FoldBatchTrainer
 from roadwork_cache.training.dataset import load_cache_data, metadata_batch
 from roadwork_cache.training.loop import EpochLog, TrainConfig
@@ -101,8 +102,9 @@ def run_fold_group(ctx: Context, jobs: list[FoldJob], on_epoch: OnEpoch | None =
 _WORKER: Context | None = None
 
 
-def _init_worker(spec: ContextSpec) -> None:
+def _init_worker(spec: ContextSpec, parent: int) -> None:
     global _WORKER
+    die_with_parent(parent)  # a killed ensemble leaves no worker training for no one
     if spec.threads:
         torch.set_num_threads(spec.threads)
     data = load_cache_data(spec.cache, spec.variants)
@@ -134,11 +136,13 @@ def run_folds(
                 if on_done:
                     on_done(out)
         return outputs
-    spec = ContextSpec(
-        **{**asdict(ctx.spec), "threads": max(1, (os.cpu_count() or 1) // n_workers)}
-    )
+    # replace, not asdict: asdict would turn the nested selection setting into a dict
+    spec = replace(ctx.spec, threads=max(1, (os.cpu_count() or 1) // n_workers))
     with cf.ProcessPoolExecutor(
-        n_workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(spec,)
+        n_workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(spec, os.getpid()),
     ) as pool:
         futures = [pool.submit(_run_in_worker, unit) for unit in units]
         for future in cf.as_completed(futures):
