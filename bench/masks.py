@@ -147,6 +147,7 @@ def main() -> None:
                 f"  segment, score threshold {score}: {1 / t:.2f} images/s "
                 f"({t * 1000:.1f} ms; mask covers {kept:.1%})"
             )
+        seg.score_threshold = 0.5  # --full shares one model between both thresholds
         sam_s = median_seconds(
             lambda: seg.segment(full, DEFAULT_PROMPTS, small.size), device, args.iters
         )
