@@ -28,6 +28,7 @@ from roadwork_cache.backbone import convert
 from roadwork_cache.backbone.model import FrozenBackbone
 from roadwork_cache.backbone.presets import TINY_SEED, Preset, check_normalisation, get_preset
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.files import files_sha256
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 FOLDER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -43,13 +44,10 @@ def state_dict_sha256(module: nn.Module) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for item in files:
-        with open(item, "rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a weights file, or of a folder's files in sorted order."""
+    return files_sha256(
+        sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    )
 
 
 def timm_model(preset: Preset, view_size: int, **kwargs: Any) -> nn.Module:

@@ -8,7 +8,6 @@ transformers is imported here only, lazily: the detector never imports this modu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from PIL import Image
 
 from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.runtime.errors import UserError
+from roadwork_cache.runtime.files import files_sha256
 
 # Work-zone objects: cones, drums, barriers, barricades, road-work signs, workers, vehicles.
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -57,12 +57,7 @@ def sam3_model_type(folder: Path) -> str | None:
 
 def weights_sha256(folder: Path) -> str:
     """A digest of the weight files alone (not the tokenizer or configs)."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob(f"*{WEIGHT_SUFFIX}")):
-        with open(path, "rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(sorted(folder.glob(f"*{WEIGHT_SUFFIX}")))
 
 
 def load_segmenter(

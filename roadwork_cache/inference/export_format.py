@@ -19,14 +19,13 @@ it), so this module imports only the standard library and `UserError`.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from roadwork_cache.runtime.errors import UserError
-from roadwork_cache.runtime.files import read_json
+from roadwork_cache.runtime.files import files_sha256, read_json
 
 EXPORT_FORMAT = "roadwork-export"
 EXPORT_VERSION = 1
@@ -43,11 +42,7 @@ _TTA_NAME = re.compile(r"^(clean|tta-\d+)$")
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return files_sha256([path])
 
 
 @dataclass

@@ -1,9 +1,12 @@
-"""Small file helpers every writer shares: JSON written atomically, JSON read in one sentence."""
+"""Small file helpers every writer shares: JSON written atomically, JSON read in one sentence,
+the sha256 of files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +43,13 @@ def check_folder_path(path: Path, flag: str, what: str) -> Path:
                 raise UserError(f"{flag} {path} lies under {parent}, which is a file")
             break
     return path
+
+
+def files_sha256(paths: Iterable[Path]) -> str:
+    """sha256 of the files' bytes, read in the order given, as if they were one file."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
