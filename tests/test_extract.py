@@ -70,6 +70,28 @@ def test_worker_processes_give_the_same_features(monkeypatch, source, tmp_path):
     )
 
 
+def test_compiled_backbone_gives_the_eager_features(monkeypatch, source, tmp_path):
+    """--compile runs the backbone's forward_features under torch.compile: traced by dynamo
+    here with the eager backend (inductor's codegen would take minutes on this CPU; its
+    numerics are bench/extract.py --compile's figure), so the features must match exactly."""
+    import torch
+
+    compiled = []
+    real = torch.compile
+
+    def traced(fn, **kwargs):
+        compiled.append(getattr(fn, "__name__", fn))
+        return real(fn, backend="eager")
+
+    assert extract(monkeypatch, source, tmp_path / "eager") == 0
+    monkeypatch.setattr(torch, "compile", traced)
+    assert extract(monkeypatch, source, tmp_path / "compiled", "--compile") == 0
+    assert compiled == ["forward_features"]
+    np.testing.assert_array_equal(
+        Cache.open(tmp_path / "compiled").features(), Cache.open(tmp_path / "eager").features()
+    )
+
+
 def test_rerun_resumes_only_missing_shards(monkeypatch, source, tmp_path, capsys):
     cache = tmp_path / "cache"
     assert extract(monkeypatch, source, cache) == 0

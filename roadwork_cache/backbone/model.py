@@ -45,6 +45,13 @@ class FrozenBackbone(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    def compile_features(self) -> FrozenBackbone:
+        """Run the model's forward_features under torch.compile from the next call (which
+        pays the compile); the features stay within float16 rounding of eager
+        (bench/extract.py --compile measures both)."""
+        self.model.forward_features = torch.compile(self.model.forward_features)
+        return self
+
     def tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Normalised pixels [B, 3, S, S] -> final-norm tokens [B, T, D] and prefix count
         (CLS and registers come first)."""

@@ -100,6 +100,15 @@ def extract(
     batch_size: Annotated[int, typer.Option(help="Images per forward (x12 views).")] = 8,
     workers: Workers = None,
     device: Device = "auto",
+    compile_backbone: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Run the backbone under torch.compile (features within float16 rounding of "
+            "eager). Off by default: bench/extract.py --compile measures whether its compile "
+            "pays back within one shard on your GPU.",
+        ),
+    ] = False,
     shard_rows: Annotated[
         int, typer.Option(help="Rows per Zarr shard: the unit of writing and of resume.")
     ] = 1024,
@@ -206,6 +215,7 @@ def extract(
         mask_dtype=mask_dtype,
         mask_classes=parse_classes(mask_classes),
         mask_score_threshold=mask_score,
+        compile=compile_backbone,
     )
     try:
         summary = run_extract(cfg)

@@ -73,6 +73,7 @@ class ExtractConfig:
     mask_dtype: str = "uint8"
     mask_classes: tuple[int, ...] | None = None
     mask_score_threshold: float = 0.5
+    compile: bool = False  # the backbone under torch.compile (bench/extract.py measures it)
 
 
 def cache_attrs(cfg: ExtractConfig, backbone: FrozenBackbone, source: str) -> dict[str, Any]:
@@ -286,6 +287,8 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary | None:
         device=device,
         normalisation=cfg.normalisation,
     )
+    if cfg.compile:
+        backbone.compile_features()
     if backbone.info.get("random_init") and ranks.is_main:
         console.print(
             "[yellow]warning: the tiny backbone has random weights: features "
