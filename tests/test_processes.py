@@ -72,6 +72,21 @@ def wait_for_workers(
     raise AssertionError(f"the run never had {n} workers (exit {proc.poll()})")
 
 
+def kill_after_workers_start(
+    args: list[str], n: int, settle: float, spawned: bool = False
+) -> list[int]:
+    """Start `roadwork ARGS`, wait for its `n` workers, let them work `settle` seconds, then
+    SIGKILL the run; returns the workers' pids."""
+    proc = subprocess.Popen(
+        [*CLI, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    workers = wait_for_workers(proc, n, spawned=spawned)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return workers
+
+
 def assert_gone(pids: list[int], within: float) -> None:
     deadline = time.time() + within
     while time.time() < deadline and any(alive(p) for p in pids):
@@ -116,30 +131,8 @@ def test_a_killed_predict_leaves_no_worker(tmp_path):
     images.mkdir()
     for i in range(200):
         (images / f"{i:03d}.jpg").write_bytes(jpeg((i % 256, 90, 30), (320, 240)))
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "predict",
-            str(images),
-            "--model",
-            str(run),
-            "--workers",
-            "2",
-            "--batch-size",
-            "2",
-            "--tta",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    workers = wait_for_workers(proc, 2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = ["predict", str(images), "--model", str(run), "--workers", "2", "--batch-size", "2"]
+    workers = kill_after_workers_start([*args, "--tta", "--device", "cpu", "--no-progress"], 2, 0.5)
     assert_gone(workers, within=2.0)
 
 
@@ -149,36 +142,12 @@ def test_a_killed_ensemble_leaves_no_fold_worker(tmp_path):
     cache, _, _ = planted_cache(tmp_path / "cache", n=240, dim=16)
     members = tmp_path / "members.json"
     members.write_text(json.dumps([{"name": f"m{i}", "seed": i, "head": HEAD_32} for i in (1, 2)]))
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "ensemble",
-            "--cache",
-            str(cache),
-            "--out",
-            str(tmp_path / "ens"),
-            "--members",
-            str(members),
-            "--jobs",
-            "2",
-            "--epochs",
-            "500",
-            "--patience",
-            "500",
-            "--dora-folds",
-            "0",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    workers = wait_for_workers(proc, 2, spawned=True)  # the pool's, not its resource tracker
-    time.sleep(6.0)  # the workers import torch, load the cache and train (jobs of minutes)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = ["ensemble", "--cache", str(cache), "--out", str(tmp_path / "ens")]
+    args += ["--members", str(members), "--jobs", "2", "--epochs", "500", "--patience", "500"]
+    args += ["--dora-folds", "0", "--device", "cpu", "--no-progress"]
+    # the workers import torch, load the cache and train (jobs of minutes); the pool's
+    # workers, not its resource tracker
+    workers = kill_after_workers_start(args, 2, settle=6.0, spawned=True)
     assert_gone(workers, within=2.0)
 
 
