@@ -175,7 +175,9 @@ def main() -> int:
             case = f"{name}{'-tta' if tta else ''}"
             out = work / "exports" / case
             weights = str(m["weights"]) if m["weights"] else None
-            opts = ExportOptions(m["model"], out, weights, tta=tta, device="cpu", verify=False)
+            opts = ExportOptions(
+                m["model"], out, weights, tta=tta, device="cpu", verify=False, progress=False
+            )
             run_export(opts)
             cases[case] = {"folder": str(out), "tta": tta}
             reference[case] = predict_json(m["model"], m["weights"], tta, photos)

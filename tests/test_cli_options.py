@@ -214,15 +214,17 @@ def test_export_flags_reach_the_options(monkeypatch, captured, tmp_path):
         "--device", "cpu",
         "--no-verify",
         "--force",
+        "--no-progress",
     )  # fmt: skip
     assert code == 0 and len(calls) == 1
     o = calls[0]
     assert (o.backbone, o.tta, o.tta_variants) == ("vits16", True, ["clean", "tta-0", "tta-1"])
     assert (o.name, o.description, o.version) == ("rw", "a roadwork model", "2.0.1")
-    assert (o.hotkey, o.hf_repo, o.device, o.verify, o.force) == (
+    assert (o.hotkey, o.hf_repo, o.device, o.verify, o.force, o.progress) == (
         "5Hotkey",
         "me/rw",
         "cpu",
         False,
         True,
+        False,
     )

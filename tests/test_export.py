@@ -95,7 +95,9 @@ def random_tiny(tmp_path_factory) -> Models:
 
 
 def export(model: Path, out: Path, **over) -> Path:
-    run_export(ExportOptions(model=model, out=out, hotkey=HOTKEY, device="cpu", **over))
+    run_export(
+        ExportOptions(model=model, out=out, hotkey=HOTKEY, device="cpu", progress=False, **over)
+    )
     return out
 
 
@@ -485,7 +487,9 @@ def test_export_command_writes_a_complete_repository(tiny, tmp_path, monkeypatch
     assert config["tta"]["variants"] == list(FOODS_VARIANTS) and config["threshold"] == 0.4
     assert config["views"]["layout"] == "grid3x3-v1"
     assert json.loads((out / "model_card.json").read_text())["version"] == "2.1.0"
-    assert "max |difference|" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "max |difference|" in shown.out
+    assert "export" in shown.err and "3/3" in shown.err  # the steps' bar, on stderr
     # The detector takes a decoded PNG as well as a file's bytes.
     predictor = Predictor.load(tiny.run, tiny.weights, device="cpu", tta=True)
     detector = import_detector(out).RoadworkDetector(out, device="cpu")

@@ -148,6 +148,7 @@ def export(
         ),
     ] = True,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
+    progress: Progress = True,
     check: Annotated[
         Path | None,
         typer.Option(
@@ -203,6 +204,7 @@ def export(
             device=device,
             verify=verify,
             force=force,
+            progress=progress,
         )
     )
     for note in summary.notes:

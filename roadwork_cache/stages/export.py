@@ -54,6 +54,7 @@ from roadwork_cache.reports.model_card import model_card
 from roadwork_cache.reports.tables import CheckSummary, ExportSummary
 from roadwork_cache.runtime.errors import UserError
 from roadwork_cache.runtime.files import read_json
+from roadwork_cache.runtime.progress import progress_bar
 
 SUBNET_TIMEOUT_S = 9.0  # an answer later than this scores nothing (docs/design.md §1)
 
@@ -74,6 +75,7 @@ class ExportOptions:
     device: str = "auto"  # where the model is loaded to be verified
     verify: bool = True
     force: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -116,35 +118,43 @@ def verify_export(out: Path, predictor: Predictor, tta: bool, n_images: int = 2)
 
 
 def run_export(opts: ExportOptions) -> ExportSummary:
-    predictor = Predictor.load(
-        opts.model,
-        opts.weights,
-        opts.backbone,
-        opts.device,
-        tta=True,
-        tta_variants=opts.tta_variants,
-    )
-    config = export_plan(predictor, opts.tta)
+    # Steps of minutes for a large backbone on a CPU: the bar names the one under way.
+    steps = ["loading the model", "writing the folder"]
+    steps += ["verifying detector.py against predict"] if opts.verify else []
+    with progress_bar(disable=not opts.progress) as bar:
+        task = bar.add_task("export", total=len(steps), rate=steps[0])
+        predictor = Predictor.load(
+            opts.model,
+            opts.weights,
+            opts.backbone,
+            opts.device,
+            tta=True,
+            tta_variants=opts.tta_variants,
+        )
+        config = export_plan(predictor, opts.tta)
 
-    preset = config.backbone.get("preset")
-    default_name = f"roadwork-dinov3-{preset}-{'ensemble' if config.kind == 'ensemble' else 'head'}"
-    name = opts.name or default_name
-    description = opts.description or (
-        f"Roadwork / no-roadwork classifier for NATIX StreetVision: "
-        f"{'an ensemble of heads' if config.kind == 'ensemble' else 'a head'} on frozen DINOv3 "
-        f"{preset} features of 12 views (roadwork-cache)."
-    )
-    card = model_card_fields(name, description, opts.version, opts.hotkey)
+        preset = config.backbone.get("preset")
+        kind = "ensemble" if config.kind == "ensemble" else "head"
+        name = opts.name or f"roadwork-dinov3-{preset}-{kind}"
+        description = opts.description or (
+            f"Roadwork / no-roadwork classifier for NATIX StreetVision: "
+            f"{'an ensemble of heads' if kind == 'ensemble' else 'a head'} on frozen DINOv3 "
+            f"{preset} features of 12 views (roadwork-cache)."
+        )
+        card = model_card_fields(name, description, opts.version, opts.hotkey)
 
-    metrics = model_metrics(Path(opts.model))
-    readme = model_card(config, card, predictor.bundle.config, metrics)
-    miner = {
-        f"{MINER_FOLDER}/{MINER_DETECTOR}": DETECTOR_TEMPLATE,
-        f"{MINER_FOLDER}/{MINER_CONFIG}": miner_config(opts.hf_repo),
-    }
-    config = write_export(opts.out, predictor, config, card, readme, opts.force, miner)
-
-    max_diff = verify_export(opts.out, predictor, opts.tta) if opts.verify else None
+        metrics = model_metrics(Path(opts.model))
+        readme = model_card(config, card, predictor.bundle.config, metrics)
+        miner = {
+            f"{MINER_FOLDER}/{MINER_DETECTOR}": DETECTOR_TEMPLATE,
+            f"{MINER_FOLDER}/{MINER_CONFIG}": miner_config(opts.hf_repo),
+        }
+        bar.update(task, advance=1, rate=steps[1])
+        config = write_export(opts.out, predictor, config, card, readme, opts.force, miner)
+        bar.update(task, advance=1, rate=steps[2] if opts.verify else "done")
+        max_diff = verify_export(opts.out, predictor, opts.tta) if opts.verify else None
+        if opts.verify:
+            bar.update(task, advance=1, rate="done")
     return ExportSummary(
         out=Path(opts.out),
         config=config,
