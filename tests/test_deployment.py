@@ -65,6 +65,24 @@ def test_selection_weighs_each_natix_level_the_same():
     assert Selection.for_variants(["clean", "aug-0"]).fallback
 
 
+def test_the_selection_scores_at_its_best_cut_with_levels_and_labels_weighed():
+    """Early stopping's score: the MCC at the cut no other cut beats, in the pooled setting
+    (level 1 weighs as much as levels 0 twice; the rare label as much as the common one)."""
+    rng = np.random.default_rng(3)
+    s = Selection.for_variants(["natix-0", "natix-4", "natix-1"])
+    y = (rng.random(300) < 0.2).astype(np.int64)  # labels 1:4
+    probs = [np.clip(0.3 * y + rng.random(300) * (0.6 + 0.2 * k), 0, 1) for k in range(3)]
+    metrics, cut = s.at_best_cut(y, probs)
+    assert metrics == s.metrics(y, probs, cut)
+    others = [s.metrics(y, probs, t)["mcc"] for t in np.linspace(0.01, 0.99, 99)]
+    assert metrics["mcc"] >= max(others) - 1e-12
+    # Unweighted pooling would choose on other rows: the weights must reach the score.
+    y_all = np.concatenate([y] * 3)
+    p_all = np.concatenate(probs)
+    plain = binary_metrics(y_all, p_all, best_threshold(y_all, p_all))["mcc"]
+    assert not math.isclose(plain, metrics["mcc"], rel_tol=1e-6)
+
+
 # ---- the folded cut is the natix one ---------------------------------------------------------
 
 

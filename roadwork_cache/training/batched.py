@@ -326,8 +326,7 @@ class FoldBatchTrainer:
         """Fold k's EpochLog and the score early stopping compares, as Trainer makes them."""
         if len(self.val_idx[k]):
             setting, y = self.selection.selection, self.host_labels[self.val_idx[k]]
-            _, cut = setting.score(y, probs)
-            m = setting.metrics(y, probs, cut)
+            m, _ = setting.at_best_cut(y, probs)
             score = -1.0 if math.isnan(m["mcc"]) else m["mcc"]
         else:  # no rows to stop on: fixed epochs, the last one kept
             m, score = {"mcc": float("nan"), "auc": float("nan")}, float(epoch)

@@ -273,8 +273,7 @@ class Trainer:
                     for f in self.selection.features
                 ]
                 setting = self.selection.selection
-                mcc, cut = setting.score(val_y, probs)
-                m = setting.metrics(val_y, probs, cut)
+                m, _ = setting.at_best_cut(val_y, probs)
             else:  # no rows to stop on: fixed epochs, the last one kept
                 m = {"mcc": float("nan"), "auc": float("nan")}
             log = EpochLog(

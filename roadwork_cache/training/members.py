@@ -281,7 +281,9 @@ def run_probe_fold(ctx: Context, job: FoldJob, start: float) -> FoldOutput:
         head_outputs(probe, data.features[v][job.stop_rows], None, ctx.device)[0]
         for v in setting.variants
     ]
-    return fold_output(ctx, job, probe, probe.config, 0, setting.score(y, probs)[0], 0, start)
+    return fold_output(
+        ctx, job, probe, probe.config, 0, setting.at_best_cut(y, probs)[0]["mcc"], 0, start
+    )
 
 
 def fold_output(

@@ -75,11 +75,13 @@ class Selection:
         y_all, p_all, w_all = self.pool(y, probs)
         return binary_metrics(y_all, p_all, threshold, w_all)
 
-    def score(self, y: np.ndarray, probs: Sequence[np.ndarray]) -> tuple[float, float]:
-        """(MCC at the best cut, that cut): what early stopping maximises."""
+    def at_best_cut(
+        self, y: np.ndarray, probs: Sequence[np.ndarray]
+    ) -> tuple[dict[str, float], float]:
+        """(metrics at the MCC-best cut, that cut): early stopping maximises their MCC."""
         y_all, p_all, w_all = self.pool(y, probs)
         t = best_threshold(y_all, p_all, w_all)
-        return binary_metrics(y_all, p_all, t, w_all)["mcc"], t
+        return binary_metrics(y_all, p_all, t, w_all), t
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "setting": f"{self.name} levels equal, metadata none, labels 50/50"}
