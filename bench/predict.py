@@ -207,7 +207,7 @@ def probabilities(predictor: Predictor, challenges: list[bytes]) -> np.ndarray:
 
 
 def compiled_latency(
-    predictor: Predictor, challenges: list[bytes], repeats: int, warmup: int, tta: bool
+    predictor: Predictor, challenges: list[bytes], repeats: int, warmup: int, tta: bool, heads: int
 ) -> None:
     """The backbone's forward_features under torch.compile (FrozenBackbone calls it, so
     compiling the module would leave it eager): first call, latency, agreement."""
@@ -226,12 +226,20 @@ def compiled_latency(
         f"(n = {len(times)}) on {predictor.device}; first call (compiling) {first:.1f} s; "
         f"max |probability difference| to eager {worst:.2e} (4 challenges)"
     )
-    if tta:
-        met = np.percentile(times, 95) < 0.5
-        print(
-            f"  goal: TTA p95 under 500 ms on an H100 or H200 ({'MET' if met else 'NOT MET'} "
-            f"here, on {device_name(predictor.device)})"
-        )
+    if tta:  # the goal's setting: vith16plus, 5 heads, 9 variants, on an H100 or H200
+        preset = predictor.backbone.info.get("preset")
+        setting = f"{preset}, {heads} heads, {len(predictor.variants)} variants"
+        gpu = device_name(predictor.device)
+        if (preset, heads, len(predictor.variants)) == ("vith16plus", 5, 9) and any(
+            name in gpu for name in ("H100", "H200")
+        ):
+            met = np.percentile(times, 95) < 0.5
+            print(f"  goal: TTA p95 under 500 ms ({'MET' if met else 'NOT MET'} on {gpu})")
+        else:
+            print(
+                "  goal: TTA p95 under 500 ms, judged only for vith16plus, 5 heads, 9 variants "
+                f"on an H100 or H200 (not judged here: {setting} on {gpu})"
+            )
     del model.forward_features  # back to the eager method
 
 
@@ -329,7 +337,7 @@ def main() -> None:
                 f"(n = {len(times)}) on {device}"
             )
         if args.compile:
-            compiled_latency(predictor, challenges, args.repeats, args.warmup, tta)
+            compiled_latency(predictor, challenges, args.repeats, args.warmup, tta, args.members)
         del predictor
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -104,9 +104,6 @@ def check_backbone(config: dict[str, Any], info: dict[str, Any], model: str | Pa
         )
 
 
-# ---- image -> views --------------------------------------------------------------------------
-
-
 # ---- views -> probability --------------------------------------------------------------------
 
 
