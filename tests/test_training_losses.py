@@ -106,3 +106,36 @@ def test_total_loss_combines_weighted_terms():
     only_focal = total_loss(logits, target)
     assert only_focal.total.item() == pytest.approx(focal_loss(logits, target).item())
     assert only_focal.consistency.item() == 0.0
+
+
+def test_total_loss_over_valid_rows_is_the_loss_of_those_rows_alone():
+    """The batched fold trainer pads a fold's batch with real rows and marks them invalid:
+    every term, and every gradient, must be what the valid rows alone give."""
+    g = torch.Generator().manual_seed(2)
+    n, pad = 6, 4
+    logits = torch.randn(n + pad, 2, generator=g)
+    logits[n:] *= 50  # padding that would dominate any term it leaked into
+    target = torch.randint(0, 2, (n + pad,), generator=g)
+    views = (
+        torch.randn(n + pad, 4, 2, generator=g)
+        * torch.tensor([1.0] * n + [30.0] * pad)[:, None, None]
+    )
+    wl = torch.randn(n + pad, 3, generator=g)
+    wt = (torch.rand(n + pad, 3, generator=g) > 0.5).float()
+    known = torch.tensor([True, False, True, True, False, True] + [True] * pad)
+    valid = torch.arange(n + pad) < n
+    w = LossWeights(focal=1.0, consistency=0.5, weather=0.2)
+    inputs = [t.clone().requires_grad_(True) for t in (logits, views, wl)]
+    alone = [t[:n].clone().requires_grad_(True) for t in (logits, views, wl)]
+    padded = total_loss(inputs[0], target, inputs[1], inputs[2], wt, known, w, valid=valid)
+    expect = total_loss(alone[0], target[:n], alone[1], alone[2], wt[:n], known[:n], w)
+    for name in ("total", "focal", "consistency", "weather"):
+        got, want = getattr(padded, name), getattr(expect, name)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-7), name
+    padded.total.backward()
+    expect.total.backward()
+    for x, a in zip(inputs, alone, strict=True):
+        assert torch.allclose(x.grad[:n], a.grad, atol=1e-7)
+        assert torch.equal(x.grad[n:], torch.zeros_like(x.grad[n:]))  # padding learns nothing
+    with pytest.raises(ValueError, match="not both"):
+        total_loss(logits, target, sample_weight=torch.ones(n + pad), valid=valid)

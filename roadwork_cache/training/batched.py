@@ -33,7 +33,6 @@ from dataclasses import fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -49,7 +48,7 @@ from roadwork_cache.training.loop import (
     resident,
     stacked_features,
 )
-from roadwork_cache.training.losses import focal_loss, total_loss, weather_aux_loss
+from roadwork_cache.training.losses import total_loss
 from roadwork_cache.training.selection import SelectionData
 
 META = tuple(f.name for f in fields(MetadataBatch))
@@ -108,23 +107,21 @@ class FoldBatchTrainer:
         meta = MetadataBatch(*rest[: len(META)])
         y, wmask, valid = rest[len(META) :]
         out = functional_call(self.base, params, (x, meta))
-        c, w = self.cfg, self.cfg.loss
-        logits = out.logits.float()
-        n = valid.sum().clamp_min(1).float()
-        zero = logits.sum() * 0.0
-        per = focal_loss(logits, y, c.focal_gamma, c.focal_alpha, c.smoothing, reduction="none")
-        focal = torch.where(valid, per, 0.0).sum() / n
-        cons = weather = zero
-        if w.consistency != 0:  # consistency_loss per row (its mean over views), then rows
-            logp = F.log_softmax(out.view_logits.float(), dim=-1)
-            p = logp.exp()
-            log_mean = torch.log(p.mean(dim=1, keepdim=True).clamp_min(1e-12))
-            row = (p * (logp - log_mean)).sum(dim=-1).mean(dim=-1)
-            cons = torch.where(valid, row, 0.0).sum() / n
-        if w.weather != 0:
-            weather = weather_aux_loss(out.weather_logits.float(), meta.weather, wmask & valid)
-        total = w.focal * focal + w.consistency * cons + w.weather * weather
-        return torch.stack([total, focal, cons, weather])
+        c = self.cfg
+        parts = total_loss(
+            out.logits.float(),
+            y,
+            out.view_logits.float(),
+            out.weather_logits.float(),
+            meta.weather,
+            wmask,
+            c.loss,
+            c.focal_gamma,
+            c.focal_alpha,
+            c.smoothing,
+            valid=valid,
+        )
+        return torch.stack([parts.total, parts.focal, parts.consistency, parts.weather])
 
     def _fold_probs(self, params, x) -> torch.Tensor:
         logits = functional_call(self.base, params, (x, None)).logits

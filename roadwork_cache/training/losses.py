@@ -69,10 +69,10 @@ def _reduce(loss: torch.Tensor, weight: torch.Tensor | None, reduction: str) -> 
     raise UserError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
-def consistency_loss(view_logits: torch.Tensor) -> torch.Tensor:
+def consistency_loss(view_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-view consistency on ``view_logits [B, k, C]``: the mean over rows and views of
     ``KL(p_v || p_mean)``, with ``p_v`` the softmax of view v and ``p_mean`` the mean of the
-    per-view probabilities.
+    per-view probabilities. ``valid [B]``: only these rows count (padding is left out).
 
     Direction: each view is compared *to* the consensus, so the sum over views is the
     generalised Jensen-Shannon divergence (bounded by log k, zero iff all views agree).
@@ -84,7 +84,14 @@ def consistency_loss(view_logits: torch.Tensor) -> torch.Tensor:
     logp = F.log_softmax(view_logits.float(), dim=-1)
     p = logp.exp()
     log_mean = torch.log(p.mean(dim=1, keepdim=True).clamp_min(1e-12))
-    return (p * (logp - log_mean)).sum(dim=-1).mean()
+    per_row = (p * (logp - log_mean)).sum(dim=-1).mean(dim=-1)  # [B]
+    return per_row.mean() if valid is None else _masked_mean(per_row, valid)
+
+
+def _masked_mean(per_row: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    # torch.where, not a product: a padded row's value can never reach the sum
+    n = valid.sum().clamp_min(1).to(per_row.dtype)
+    return torch.where(valid, per_row, 0.0).sum() / n
 
 
 def weather_aux_loss(
@@ -200,21 +207,30 @@ def total_loss(
     alpha: float | None = 0.25,
     smoothing: float = 0.1,
     sample_weight: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> LossParts:
     """``focal * focal_loss + consistency * consistency_loss + weather * weather_aux_loss``.
 
     The consistency term needs ``view_logits``; the weather term needs ``weather_logits`` and
     ``weather_target`` (``weather_mask`` defaults to all rows). Terms without inputs, or with
-    weight 0, are skipped and reported as 0.
+    weight 0, are skipped and reported as 0. ``valid [B]`` (bool): only these rows count,
+    every term a mean over them, as if the batch held them alone (the batched fold trainer
+    pads its folds' batches to one width); not combined with ``sample_weight``.
     """
     w = weights or LossWeights()
     zero = logits.float().sum() * 0.0
-    focal = focal_loss(
-        logits, target, gamma=gamma, alpha=alpha, smoothing=smoothing, weight=sample_weight
-    )
+    if valid is None:
+        focal = focal_loss(
+            logits, target, gamma=gamma, alpha=alpha, smoothing=smoothing, weight=sample_weight
+        )
+    else:
+        if sample_weight is not None:
+            raise ValueError("total_loss takes valid rows or sample weights, not both")
+        per_row = focal_loss(logits, target, gamma, alpha, smoothing, reduction="none")
+        focal = _masked_mean(per_row, valid)
     cons = zero
     if view_logits is not None and w.consistency != 0:
-        cons = consistency_loss(view_logits)
+        cons = consistency_loss(view_logits, valid)
     weather = zero
     if weather_logits is not None and weather_target is not None and w.weather != 0:
         mask = weather_mask
@@ -222,6 +238,8 @@ def total_loss(
             mask = torch.ones(
                 weather_logits.shape[0], dtype=torch.bool, device=weather_logits.device
             )
+        if valid is not None:
+            mask = mask & valid
         weather = weather_aux_loss(weather_logits, weather_target, mask)
     total = w.focal * focal + w.consistency * cons + w.weather * weather
     return LossParts(total=total, focal=focal, consistency=cons, weather=weather)
