@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from dataclasses import replace
@@ -50,6 +49,8 @@ from roadwork_cache.training.fold_runs import batch_groups, run_folds
 from roadwork_cache.training.loop import TrainConfig
 from roadwork_cache.training.plan import EnsembleOptions, context, plan_ensemble, plan_members
 from roadwork_cache.views.geometry import N_VIEWS
+
+from common import device_name, sync
 
 FULL_ROWS, FULL_EPOCHS, FULL_DORA_EPOCHS = 8549, 30, 20
 TEST_SHARE = 2298 / 8549
@@ -111,15 +112,6 @@ def write_cache(
         cache.write_samples(shard, samples)
     cache.finalize()
     return root
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return (
-        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads)"
-    )
 
 
 def options(args, tmp: Path, cache: Path) -> EnsembleOptions:
@@ -241,11 +233,6 @@ def kernel_ceiling(ctx, groups, device: torch.device, batch_size: int, steps: in
         )
     small, big = total.values()
     print(f"kernel ceiling (K models on B rows vs one on K x B rows): {small / big:.2f}x")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -42,10 +42,7 @@ from roadwork_cache.synth.dataset import write_synthetic
 from roadwork_cache.views.batching import view_loader
 from roadwork_cache.views.geometry import N_VIEWS
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import sync
 
 
 def timed(fn, device: torch.device, iters: int, warmup: int = 2) -> float:

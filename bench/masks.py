@@ -50,10 +50,7 @@ from roadwork_cache.views.batching import draft_side
 from roadwork_cache.views.masks import mask_coverages
 from roadwork_cache.views.variants import parse_variants
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import sync
 
 
 def median_seconds(fn, device: torch.device, iters: int, warmup: int = 1) -> float:

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +55,8 @@ from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.stages.predict import PredictOptions, run_predict
 from roadwork_cache.synth.scene import render_scene
 from roadwork_cache.views.challenge import CHALLENGE_SIZE, jpeg_round_trip
+
+from common import device_name, sync
 
 
 class MeanEnsemble:
@@ -84,15 +84,6 @@ class MeanEnsemble:
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         return head_predict(self.heads[0], features, None, self.device)[1]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return (
-        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads"
-    )
 
 
 def challenge_jpeg(seed: int) -> bytes:
@@ -137,11 +128,6 @@ def build(
         f"{time.perf_counter() - t0:.1f} s"
     )
     return Predictor(bundle, backbone, variants, foods, model="bench")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def latency(predictor: Predictor, challenges: list[bytes], repeats: int, warmup: int) -> np.ndarray:

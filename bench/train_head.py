@@ -37,6 +37,8 @@ from roadwork_cache.training.loop import TrainConfig, Trainer
 from roadwork_cache.training.losses import LossWeights, total_loss
 from roadwork_cache.views.geometry import N_VIEWS
 
+from common import sync
+
 
 def planted(rows: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -62,11 +64,6 @@ def backbone_seconds_per_image(
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / images
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def recipe_step(run, model, optim, dtype, x, y, meta, wmask) -> None:
