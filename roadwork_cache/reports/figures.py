@@ -152,24 +152,11 @@ def learning_figure(history: list[dict[str, Any]], best_epoch: Any) -> Figure | 
     return fig
 
 
-def save_curve(history: list[EpochLog], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h.epoch for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(epochs, [h.loss for h in history], label="train loss")
-    ax[0].set_xlabel("epoch")
-    ax[0].legend()
-    ax[1].plot(epochs, [h.val_mcc for h in history], label="val MCC (no metadata)")
-    ax[1].plot(epochs, [h.val_auc for h in history], label="val AUC (no metadata)")
-    ax[1].set_xlabel("epoch")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def save_curve(history: list[EpochLog], best_epoch: int, path: Path) -> None:
+    """The report's learning curves, as the run folder's `curve.png`."""
+    fig = learning_figure([vars(h) for h in history], best_epoch)
+    if fig is not None:
+        fig.savefig(path, dpi=110)
 
 
 def plain(text: str) -> str:

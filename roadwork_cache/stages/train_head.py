@@ -228,7 +228,7 @@ def run_train_head(opts: TrainHeadOptions) -> dict[str, Any]:
         **{prob_column(*key): value for key, value in evaluation.raw.items()},
     }
     write_run(opts.out, None, record, metrics, [a.to_dict() for a in audits], columns)
-    save_curve(result.history, opts.out / CURVE_FILE)
+    save_curve(result.history, result.best_epoch, opts.out / CURVE_FILE)
     table = train_head_table(evaluation.rows, lead, random_init)
     return {"table": table, "mask_table": mask_table, "metrics": metrics, "out": opts.out}
 
