@@ -23,7 +23,8 @@ logits on every row). Probe members (scikit-learn fits, never batched) are left 
 It then prints the kernel ceiling: per batch group, a training step of K fold models on B
 rows each against one model on K x B rows, the same arithmetic in bigger kernels and no
 vmap. Batching can at best close the gap between the two, so a ceiling below 2x bounds the
-ratio below 2x on that device, however the folds are batched.
+ratio below 2x on that device, however the folds are batched. Beside them, the K models in
+one vmapped step (the batched trainer's way) show how much of the ceiling vmap reaches.
 `--head-dim` / `--layers` set the head width and depth under every member (a member's own
 setting wins: `wide` stays 768 wide, `deep` 6 layers deep).
 """
@@ -31,14 +32,19 @@ setting wins: `wide` stays 768 wide, `deep` 6 layers deep).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import os
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from roadwork_cache.heads import HeadConfig, RoadworkHead
 from roadwork_cache.runtime.devices import autocast
@@ -53,6 +59,7 @@ from roadwork_cache.views.geometry import N_VIEWS
 from common import device_name, sync
 
 FULL_ROWS, FULL_EPOCHS, FULL_DORA_EPOCHS = 8549, 30, 20
+MATH = SDPBackend.MATH  # the CPU flash kernel has no vmap rule (training/batched.py)
 TEST_SHARE = 2298 / 8549
 
 
@@ -194,12 +201,39 @@ def train_step(model, optim, x: torch.Tensor, y: torch.Tensor, device: torch.dev
     optim.zero_grad(set_to_none=True)
 
 
+def vmapped_steps(models, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+    """One training step of the K models as one vmapped computation, as the batched fold
+    trainer runs it (stacked parameters, `vmap(functional_call)`, the math attention kernel
+    on a CPU), with one AdamW over the stacked parameters. x [K * B, ...] -> a closure."""
+    k = len(models)
+    params, _ = stack_module_state(models)
+    params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    optim = torch.optim.AdamW(params.values(), lr=1e-4)
+    base = copy.deepcopy(models[0])
+    xs, ys = x.view(k, -1, *x.shape[1:]), y.view(k, -1)
+
+    def loss(p, xx, yy):
+        return torch.nn.functional.cross_entropy(functional_call(base, p, (xx,)).logits, yy)
+
+    fold_losses = vmap(loss, randomness="different")
+    attention = contextlib.nullcontext if device.type == "cuda" else partial(sdpa_kernel, MATH)
+
+    def step() -> None:
+        with autocast(device), attention():
+            fold_losses(params, xs, ys).sum().backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+    return step
+
+
 def kernel_ceiling(ctx, groups, device: torch.device, batch_size: int, steps: int = 8) -> None:
     """What any batching of K folds could gain on this device, vmap aside: one training step
     of K models on B rows each, one after another, against one model on K x B rows (the
     same arithmetic in kernels K times bigger). Below 1x, bigger kernels are no faster here
-    than K small ones, and folding the folds into one computation cannot pay."""
-    total = {"K steps of B rows": 0.0, "one step of K x B rows": 0.0}
+    than K small ones, and folding the folds into one computation cannot pay. The K models
+    vmapped (the batched trainer's way) show how much of that ceiling it reaches."""
+    total = {"K steps of B rows": 0.0, "one step of K x B rows": 0.0, "vmapped": 0.0}
     for jobs in groups:
         torch.manual_seed(0)
         config = HeadConfig.from_dict(jobs[0].head)
@@ -215,6 +249,7 @@ def kernel_ceiling(ctx, groups, device: torch.device, batch_size: int, steps: in
                 train_step(*fold, device) for fold in zip(*a, strict=True)
             ],
             lambda m=models[0], o=optims[0], x=x, y=y: train_step(m, o, x, y, device),
+            vmapped_steps(models, x, y, device),
         )
         times = {}
         for name, fn in zip(total, runs, strict=True):
@@ -229,10 +264,13 @@ def kernel_ceiling(ctx, groups, device: torch.device, batch_size: int, steps: in
         print(
             f"  step of {jobs[0].member} (K = {k}): {times['K steps of B rows'] * 1e3:.1f} ms "
             f"as K steps of B = {batch_size} rows, {times['one step of K x B rows'] * 1e3:.1f} ms "
-            f"as one step of K x B rows"
+            f"as one step of K x B rows, {times['vmapped'] * 1e3:.1f} ms as one vmapped step"
         )
-    small, big = total.values()
+    small, big, vmapped = total.values()
     print(f"kernel ceiling (K models on B rows vs one on K x B rows): {small / big:.2f}x")
+    print(
+        f"vmapped step vs K steps (what the batched trainer's step reaches): {small / vmapped:.2f}x"
+    )
 
 
 def main() -> None:
