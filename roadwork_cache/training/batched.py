@@ -44,11 +44,11 @@ from roadwork_cache.training.loop import (
     EpochLog,
     TrainConfig,
     TrainResult,
+    head_loss,
     lr_lambda,
     resident,
     stacked_features,
 )
-from roadwork_cache.training.losses import total_loss
 from roadwork_cache.training.selection import SelectionData
 
 META = tuple(f.name for f in fields(MetadataBatch))
@@ -107,20 +107,7 @@ class FoldBatchTrainer:
         meta = MetadataBatch(*rest[: len(META)])
         y, wmask, valid = rest[len(META) :]
         out = functional_call(self.base, params, (x, meta))
-        c = self.cfg
-        parts = total_loss(
-            out.logits.float(),
-            y,
-            out.view_logits.float(),
-            out.weather_logits.float(),
-            meta.weather,
-            wmask,
-            c.loss,
-            c.focal_gamma,
-            c.focal_alpha,
-            c.smoothing,
-            valid=valid,
-        )
+        parts = head_loss(out, y, meta.weather, wmask, self.cfg, valid)
         return torch.stack([parts.total, parts.focal, parts.consistency, parts.weather])
 
     def _fold_probs(self, params, x) -> torch.Tensor:
@@ -136,20 +123,8 @@ class FoldBatchTrainer:
         m = meta.select(rows).to("cpu")
         with torch.random.fork_rng(devices=[]):  # the probe's dropout leaves the RNG alone
             out = probe(self.features[0, rows].cpu().float(), m)
-        c = self.cfg
         y = torch.from_numpy(labels[rows].astype(np.int64))
-        total_loss(
-            out.logits.float(),
-            y,
-            out.view_logits.float(),
-            out.weather_logits.float(),
-            m.weather,
-            m.weather.sum(dim=1) > 0,
-            c.loss,
-            c.focal_gamma,
-            c.focal_alpha,
-            c.smoothing,
-        ).total.backward()
+        head_loss(out, y, m.weather, m.weather.sum(dim=1) > 0, self.cfg).total.backward()
         return {n for n, p in probe.named_parameters() if p.grad is None}
 
     # ---- training ------------------------------------------------------------------------

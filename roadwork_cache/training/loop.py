@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from roadwork_cache.heads import MetadataBatch, RoadworkHead
+from roadwork_cache.heads import HeadOutput, MetadataBatch, RoadworkHead
 from roadwork_cache.heads.forward import head_outputs
 from roadwork_cache.runtime.devices import autocast
 from roadwork_cache.runtime.errors import UserError
@@ -78,6 +78,31 @@ class TrainResult:
     best_epoch: int
     best_val_mcc: float
     stopped_early: bool
+
+
+def head_loss(
+    out: HeadOutput,
+    y: torch.Tensor,
+    weather: torch.Tensor,
+    weather_mask: torch.Tensor,
+    cfg: TrainConfig,
+    valid: torch.Tensor | None = None,
+) -> LossParts:
+    """`total_loss` of a head's output [B, ...] under the training config; `valid` [B]: only
+    these rows count (the batched fold trainer's padding)."""
+    return total_loss(
+        out.logits.float(),
+        y,
+        out.view_logits.float(),
+        out.weather_logits.float(),
+        weather,
+        weather_mask,
+        cfg.loss,
+        cfg.focal_gamma,
+        cfg.focal_alpha,
+        cfg.smoothing,
+        valid=valid,
+    )
 
 
 def resident(features: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -169,18 +194,7 @@ class Trainer:
             zero = bce.detach() * 0.0
             return LossParts(total=bce, focal=bce, consistency=zero, weather=zero)
         cfg = self.cfg
-        parts = total_loss(
-            out.logits.float(),
-            y,
-            out.view_logits.float(),
-            out.weather_logits.float(),
-            meta.weather,
-            wmask,
-            cfg.loss,
-            cfg.focal_gamma,
-            cfg.focal_alpha,
-            cfg.smoothing,
-        )
+        parts = head_loss(out, y, meta.weather, wmask, cfg)
         if self.masks is not None and variant is not None:
             variant = variant.to(self.device)
             parts.mask, parts.mask_pruning = mask_losses(
