@@ -177,15 +177,7 @@ SMALL_HEAD = {
 }
 # Heads the stage tests train in seconds: 32 wide with 2 heads, and the demo's (64 wide),
 # dropout off where a test compares two paths of one model.
-HEAD_32 = {
-    "dim": 32,
-    "layers": 1,
-    "heads": 2,
-    "pyramid_dims": [32, 16],
-    "fusion_dim": 32,
-    "classifier_dim": 16,
-    "gate_dim": 16,
-}
+HEAD_32 = {**SMALL_HEAD, "heads": 2}
 HEAD_64 = {**DEMO_HEAD, "dropout": 0.0}
 
 
