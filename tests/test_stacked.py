@@ -11,6 +11,7 @@ from helpers import SMALL_HEAD
 from roadwork_cache.heads import HeadConfig, MetadataBatch, RoadworkHead
 from roadwork_cache.heads.combine import Calibration, Combination, LogitNorm
 from roadwork_cache.heads.forward import head_logits, stacked_logits
+from roadwork_cache.heads.probe import LinearProbe, ProbeConfig
 from roadwork_cache.heads.stacked import CPU_STACK_MAX_ROWS, StackedHeads
 from roadwork_cache.inference.bundles import EnsembleBundle
 
@@ -59,6 +60,15 @@ def test_stack_refuses_heads_of_two_configs() -> None:
     other = HeadConfig.from_dict({**CONFIG.to_dict(), "keep": None})
     with pytest.raises(ValueError, match="one head config"):
         StackedHeads([heads(1)[0], heads(1, other)[0]])
+
+
+def test_heads_stack_only_when_two_or_more_share_one_config() -> None:
+    other = HeadConfig.from_dict({**CONFIG.to_dict(), "keep": None})
+    probe = LinearProbe(ProbeConfig(in_dim=24, views=list(range(12))))
+    assert isinstance(StackedHeads.of(heads(2)), StackedHeads)
+    assert StackedHeads.of(heads(1)) is None  # one head runs alone
+    assert StackedHeads.of([heads(1)[0], heads(1, other)[0]]) is None
+    assert StackedHeads.of([*heads(2), probe]) is None
 
 
 def test_many_rows_on_the_cpu_run_one_head_after_another(one_thread) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -19,10 +19,10 @@ from roadwork_cache.heads.head import RoadworkHead
 from roadwork_cache.heads.metadata import MetadataBatch
 
 # Rows per forward on the CPU up to which the stack runs: five default heads ran 1.57x
-# faster stacked on 1 row (a challenge), 1.21x on 8, 1.13x on 9 (a challenge with its TTA
-# variants), 0.92-1.02x on 16 and 0.85x on 72 (2-core CPU, bench/predict.py "heads alone",
-# docs/benchmarks.md): once the rows fill the kernels, vmap's batched matmuls cost more there
-# than K plain ones. On CUDA, where launches dominate, the stack always runs.
+# faster stacked on 1 row (a challenge), 1.11x on 9 (a challenge with its TTA variants),
+# 1.07-1.10x on 12, 0.85-0.95x on 24 and 0.83x on 72 (2-core CPU, bench/predict.py "heads
+# alone", docs/benchmarks.md): once the rows fill the kernels, vmap's batched matmuls cost
+# more there than K plain ones. On CUDA, where launches dominate, the stack always runs.
 CPU_STACK_MAX_ROWS = 12
 
 
@@ -42,6 +42,15 @@ class StackedHeads:
                 p.data = self.params[name][k]
         self.heads, self.cpu_max_rows = heads, cpu_max_rows
         self.base = heads[0]  # the module functional_call runs with the stacked weights
+
+    @classmethod
+    def of(cls, heads: Sequence[nn.Module]) -> StackedHeads | None:
+        """The heads as one stack where they can be one: two or more RoadworkHeads of one
+        config (an ensemble member's folds); None otherwise (one head, a probe, mixed)."""
+        heads = list(heads)
+        if len(heads) < 2 or not all(isinstance(h, RoadworkHead) for h in heads):
+            return None
+        return cls(heads) if all(h.config == heads[0].config for h in heads) else None
 
     def __len__(self) -> int:
         return len(self.heads)

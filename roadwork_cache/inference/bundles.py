@@ -80,10 +80,9 @@ class EnsembleBundle:
 
     def __post_init__(self) -> None:
         for name, bag in self.members:
-            heads = [h for h, _ in bag]
-            same = all(isinstance(h, RoadworkHead) and h.config == heads[0].config for h in heads)
-            if len(heads) > 1 and same:
-                self.stacks[name] = StackedHeads(heads)
+            stack = StackedHeads.of([h for h, _ in bag])
+            if stack is not None:
+                self.stacks[name] = stack
 
     @property
     def threshold(self) -> float:

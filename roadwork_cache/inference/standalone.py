@@ -186,10 +186,9 @@ class StandaloneDetector:
         grouped = {i for m in members for i in m}
         groups: list[tuple[list[int], StackedHeads | None]] = []
         for indices in members:
-            heads = [self.heads[i] for i in indices]
-            same = all(isinstance(h, RoadworkHead) and h.config == heads[0].config for h in heads)
-            if len(heads) > 1 and same:
-                groups.append((list(indices), StackedHeads(heads)))
+            stack = StackedHeads.of([self.heads[i] for i in indices])
+            if stack is not None:
+                groups.append((list(indices), stack))
             else:
                 groups.extend(([i], None) for i in indices)
         groups.extend(([i], None) for i in range(len(self.heads)) if i not in grouped)
