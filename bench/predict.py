@@ -195,11 +195,11 @@ def probabilities(predictor: Predictor, challenges: list[bytes]) -> np.ndarray:
 def compiled_latency(
     predictor: Predictor, challenges: list[bytes], repeats: int, warmup: int, tta: bool, heads: int
 ) -> None:
-    """The backbone's forward_features under torch.compile (FrozenBackbone calls it, so
-    compiling the module would leave it eager): first call, latency, agreement."""
+    """The backbone under torch.compile, as `extract --compile` runs it
+    (`FrozenBackbone.compile_features`): first call, latency, agreement with eager. The
+    predictor stays compiled: the caller drops it after this."""
     eager = probabilities(predictor, challenges[:4])
-    model = predictor.backbone.model
-    model.forward_features = torch.compile(model.forward_features)
+    predictor.backbone.compile_features()
     sync(predictor.device)
     start = time.perf_counter()
     predictor(Image.open(io.BytesIO(challenges[0])))
@@ -226,7 +226,6 @@ def compiled_latency(
                 "  goal: TTA p95 under 500 ms, judged only for vith16plus, 5 heads, 9 variants "
                 f"on an H100 or H200 (not judged here: {setting} on {gpu})"
             )
-    del model.forward_features  # back to the eager method
 
 
 def throughput(

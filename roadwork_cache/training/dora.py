@@ -109,8 +109,7 @@ def adapt(
     )
     result = trainer.fit(train_idx, stop_idx, None, on_epoch)
     # Check the merge on the stopping rows: the adapter and the merged head must agree.
-    check = selection.features[0] if selection else trainer.features[0].cpu().numpy()
-    check = check[stop_idx[:128]]
+    check = trainer.selection.features[0][stop_idx[:128]]
     before = head_logits(adapted, check, None, device)
     merged = merge(adapted).eval()
     after = head_logits(merged, check, None, device)
