@@ -44,6 +44,7 @@ from roadwork_cache.training.loop import (
     EpochLog,
     TrainConfig,
     TrainResult,
+    default_selection,
     head_loss,
     lr_lambda,
     resident,
@@ -87,7 +88,7 @@ class FoldBatchTrainer:
         self.labels = torch.from_numpy(self.host_labels).to(device)
         self.meta = meta.to(device)
         self.weather_mask = self.meta.weather.sum(dim=1) > 0
-        self.selection = selection or SelectionData.single(self.features[0].cpu().numpy())
+        self.selection = default_selection(variants, selection)
         params, _ = stack_module_state(self.models)  # buffers (gps_freqs) are shared
         self.layout = FlatLayout.of(params, self._frozen(labels, meta))
         self.flat = self.layout.flatten(params)

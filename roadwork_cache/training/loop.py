@@ -126,6 +126,17 @@ def stacked_features(
     return resident(torch.from_numpy(np.stack(variants)), device)
 
 
+def default_selection(
+    variants: Sequence[np.ndarray] | torch.Tensor, selection: SelectionData | None
+) -> SelectionData:
+    """What a trainer scores validation rows on when no selection setting is given (tests,
+    benches): the first variant, labels balanced; read from the host arrays when given."""
+    if selection is not None:
+        return selection
+    first = variants[0]
+    return SelectionData.single(first.cpu().numpy() if isinstance(first, torch.Tensor) else first)
+
+
 def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine decay to 0."""
 
@@ -174,7 +185,7 @@ class Trainer:
         self.meta = meta.to(device)
         self.weather_mask = self.meta.weather.sum(dim=1) > 0
         # What validation rows are scored on: the deployment setting (training.selection).
-        self.selection = selection or SelectionData.single(self.features[0].cpu().numpy())
+        self.selection = default_selection(variants, selection)
         # Distillation: a target probability per row replaces the focal / consistency /
         # weather objective with binary cross-entropy against it.
         self.soft = (
